@@ -1,0 +1,3 @@
+#![forbid(unsafe_code)]
+pub mod pb;
+pub mod sandbox;

@@ -1,0 +1,1 @@
+//! A stateful simulator of the Feishu endpoints the gateway calls (placeholder, being built).
