@@ -1,3 +1,19 @@
+//! `feishu-gateway`: a gRPC service in front of the Feishu (Lark) open
+//! platform. See `ARCHITECTURE.md` for the map.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod catalog;
+pub mod codes;
+pub mod config;
+pub mod error;
+pub mod feishu;
+pub mod gateway;
+pub mod grpc;
 pub mod pb;
+pub mod quota;
 pub mod sandbox;
+pub mod token;
+pub mod upstream;
+pub mod validate;

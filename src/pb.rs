@@ -17,4 +17,5 @@ pub mod feishu {
 }
 
 /// Encoded `FileDescriptorSet` of every proto above, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("feishu_gateway_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("feishu_gateway_descriptor");

@@ -1,0 +1,149 @@
+//! Wiring: builds the gateway from settings, binds its two ports, and runs
+//! it until told to drain. Tests use [`start`] directly; `main` adds signals.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+use crate::{
+    admin,
+    catalog::Window,
+    config::{AppCredentials, Settings},
+    gateway::Gateway,
+    grpc::{self, server::Limits, Services},
+    quota::{LimitTable, Limiter},
+    token::TokenManager,
+    upstream::Upstream,
+};
+
+/// Name of the app configured by `FEISHU_APP_ID` (what `x-feishu-app` selects by default).
+pub const DEFAULT_APP: &str = "default";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A running gateway.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Gateway,
+    draining: Arc<AtomicBool>,
+    reporter: HealthReporter,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), BoxError>>,
+    admin: JoinHandle<()>,
+    grace: Duration,
+}
+
+/// Builds the gateway and starts serving on the configured addresses.
+pub async fn start(settings: &Settings, app: AppCredentials) -> Result<Running, BoxError> {
+    let upstream = Upstream::new(
+        &settings.feishu.base_url,
+        settings.request_timeout(),
+        Duration::from_millis(settings.feishu.connect_timeout_ms),
+    )?;
+    let default_app: Arc<str> = Arc::from(DEFAULT_APP);
+    let max_wait = Duration::from_millis(settings.gateway.max_quota_wait_ms);
+    let tokens = TokenManager::new(upstream.clone(), [(default_app.clone(), app)], max_wait);
+    let limits = LimitTable::new(
+        HashMap::new(),
+        vec![Window::per_minute(
+            settings.gateway.default_limit_per_minute,
+        )],
+    );
+    let limiter = Limiter::new(limits, max_wait, settings.gateway.max_queue_per_key);
+    let gateway = Gateway::new(upstream, tokens, limiter, default_app);
+
+    let grpc_listener = TcpListener::bind(settings.gateway.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on GATEWAY_LISTEN {}: {e}",
+                settings.gateway.listen
+            )
+        })?;
+    let admin_listener = TcpListener::bind(settings.gateway.admin_listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on GATEWAY_ADMIN_LISTEN {}: {e}",
+                settings.gateway.admin_listen
+            )
+        })?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_state = admin::AdminState {
+        gateway: gateway.clone(),
+        draining: draining.clone(),
+    };
+    let admin = tokio::spawn(async move {
+        if let Err(e) = admin::serve(admin_listener, admin_state).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let limits = Limits {
+        max_request_bytes: settings.gateway.max_request_bytes,
+    };
+    let services = Services::new(gateway.clone());
+    let server_reporter = reporter.clone();
+    let server = tokio::spawn(async move {
+        grpc::server::serve(
+            services,
+            grpc_listener,
+            limits,
+            server_reporter,
+            health,
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    tracing::info!(%grpc_addr, %admin_addr, base_url = %settings.feishu.base_url, "feishu-gateway serving");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        gateway,
+        draining,
+        reporter,
+        stop: Some(stop),
+        server,
+        admin,
+        grace: Duration::from_millis(settings.gateway.shutdown_grace_ms),
+    })
+}
+
+impl Running {
+    /// Drains: readiness and health go NOT_SERVING, new connections are
+    /// refused, and in-flight calls get up to the grace period to finish.
+    pub async fn shutdown(mut self) -> Result<(), BoxError> {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        grpc::server::set_health(&self.reporter, ServingStatus::NotServing).await;
+        tracing::info!("draining: finishing in-flight calls");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = match tokio::time::timeout(self.grace, &mut self.server).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(join.into()),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "in-flight calls did not finish within the grace period");
+                self.server.abort();
+                Ok(())
+            }
+        };
+        self.admin.abort();
+        result
+    }
+}

@@ -1,0 +1,361 @@
+//! Settings: one TOML file (`--config`) with every key overridable from the
+//! environment (`FEISHU_*` for the Feishu side, `GATEWAY_*` for the gateway).
+//!
+//! Loading never prints a secret: the app secret is a [`SecretString`] from
+//! the moment it is read, and errors name the setting, never its value.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Default Feishu origin; Lark (international) is `https://open.larksuite.com`.
+pub const DEFAULT_BASE_URL: &str = "https://open.feishu.cn";
+
+/// Everything the gateway reads at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub feishu: FeishuSettings,
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+}
+
+/// The Feishu app the gateway acts as, and how it reaches Feishu.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeishuSettings {
+    /// Origin of the open platform (`FEISHU_BASE_URL`).
+    pub base_url: String,
+    /// The self-built app's ID, `cli_…` (`FEISHU_APP_ID`).
+    pub app_id: Option<String>,
+    /// The app secret (`FEISHU_APP_SECRET`); redacted in `Debug`.
+    pub app_secret: Option<SecretString>,
+    /// A file holding the app secret, e.g. a mounted Kubernetes secret (`FEISHU_APP_SECRET_FILE`).
+    pub app_secret_file: Option<PathBuf>,
+    /// Bound on one upstream HTTP exchange when the caller sets no tighter deadline.
+    pub request_timeout_ms: u64,
+    /// Bound on opening a connection to Feishu.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for FeishuSettings {
+    fn default() -> Self {
+        Self {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            app_id: None,
+            app_secret: None,
+            app_secret_file: None,
+            request_timeout_ms: 10_000,
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// How the gateway serves its callers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// gRPC listen address (`GATEWAY_LISTEN`).
+    pub listen: SocketAddr,
+    /// HTTP admin address for `/healthz`, `/readyz` and `/metrics` (`GATEWAY_ADMIN_LISTEN`).
+    pub admin_listen: SocketAddr,
+    /// Largest gRPC request message accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Longest a call without a gRPC deadline may wait for a quota slot.
+    pub max_quota_wait_ms: u64,
+    /// Calls that may wait for a slot per (app, tenant, endpoint); more are refused at once.
+    pub max_queue_per_key: usize,
+    /// Frequency limit for endpoints whose document states none, per minute.
+    pub default_limit_per_minute: u32,
+    /// Time allowed for in-flight calls to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_request_bytes: 64 * 1024,
+            max_quota_wait_ms: 5_000,
+            max_queue_per_key: 1_000,
+            default_limit_per_minute: 1_000,
+            shutdown_grace_ms: 20_000,
+        }
+    }
+}
+
+/// Environment variables read, and the setting each one overrides.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("FEISHU_BASE_URL", "feishu.base_url"),
+    ("FEISHU_APP_ID", "feishu.app_id"),
+    ("FEISHU_APP_SECRET", "feishu.app_secret"),
+    ("FEISHU_APP_SECRET_FILE", "feishu.app_secret_file"),
+    ("FEISHU_REQUEST_TIMEOUT_MS", "feishu.request_timeout_ms"),
+    ("FEISHU_CONNECT_TIMEOUT_MS", "feishu.connect_timeout_ms"),
+    ("GATEWAY_LISTEN", "gateway.listen"),
+    ("GATEWAY_ADMIN_LISTEN", "gateway.admin_listen"),
+    ("GATEWAY_MAX_REQUEST_BYTES", "gateway.max_request_bytes"),
+    ("GATEWAY_MAX_QUOTA_WAIT_MS", "gateway.max_quota_wait_ms"),
+    ("GATEWAY_MAX_QUEUE_PER_KEY", "gateway.max_queue_per_key"),
+    (
+        "GATEWAY_DEFAULT_LIMIT_PER_MINUTE",
+        "gateway.default_limit_per_minute",
+    ),
+    ("GATEWAY_SHUTDOWN_GRACE_MS", "gateway.shutdown_grace_ms"),
+];
+
+/// A setting that is missing or wrong; its `Display` is the one line printed at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// The app credentials, checked: both present and non-empty.
+#[derive(Debug, Clone)]
+pub struct AppCredentials {
+    pub app_id: String,
+    pub app_secret: SecretString,
+}
+
+impl Settings {
+    /// Reads the optional TOML file, then the environment on top of it.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(file, Env::raw())
+    }
+
+    fn from_figment(file: Option<&std::path::Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let env = env.filter_map(|key| {
+            ENV_KEYS
+                .iter()
+                .find(|(var, _)| key.as_str().eq_ignore_ascii_case(var))
+                .map(|(_, path)| (*path).into())
+        });
+        let settings: Settings = figment
+            .merge(env.split("."))
+            .extract()
+            .map_err(|e| ConfigError(describe(&e)))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let base = &self.feishu.base_url;
+        let bad = |why: &str| {
+            ConfigError(format!(
+                "FEISHU_BASE_URL (feishu.base_url) {why}, got {base:?} (expected an origin like {DEFAULT_BASE_URL})"
+            ))
+        };
+        let url = reqwest::Url::parse(base).map_err(|_| bad("is not a URL"))?;
+        if url.path() != "/" || base.ends_with('/') || url.query().is_some() {
+            return Err(bad("must be an origin without a path"));
+        }
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => return Err(bad("must use https unless it is a loopback address")),
+            _ => return Err(bad("must be http(s)")),
+        }
+        if self.feishu.request_timeout_ms == 0 || self.gateway.max_request_bytes == 0 {
+            return Err(ConfigError(
+                "timeouts and size limits must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The app credentials, required unless the gateway runs against its sandbox.
+    pub fn credentials(&self) -> Result<AppCredentials, ConfigError> {
+        let app_id = match self.feishu.app_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => {
+                return Err(ConfigError(
+                    "FEISHU_APP_ID (feishu.app_id) is not set".into(),
+                ))
+            }
+        };
+        let secret =
+            match (&self.feishu.app_secret, &self.feishu.app_secret_file) {
+                (Some(secret), _) => secret.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map(|s| SecretString::from(s.trim().to_owned()))
+                    .map_err(|e| {
+                        ConfigError(format!(
+                            "FEISHU_APP_SECRET_FILE (feishu.app_secret_file) {} cannot be read: {}",
+                            path.display(),
+                            e.kind()
+                        ))
+                    })?,
+                (None, None) => return Err(ConfigError(
+                    "FEISHU_APP_SECRET or FEISHU_APP_SECRET_FILE (feishu.app_secret) is not set"
+                        .into(),
+                )),
+            };
+        if secret.expose_secret().is_empty() {
+            return Err(ConfigError(
+                "FEISHU_APP_SECRET (feishu.app_secret) is empty".into(),
+            ));
+        }
+        Ok(AppCredentials {
+            app_id,
+            app_secret: secret,
+        })
+    }
+
+    /// Bound on one upstream exchange.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.feishu.request_timeout_ms)
+    }
+}
+
+/// Plain HTTP is allowed only where no network is crossed (the sandbox, tests).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+/// Names the setting (and its variable) without echoing the value, which may be a secret.
+fn describe(e: &figment::Error) -> String {
+    let path = e.path.join(".");
+    let var = ENV_KEYS
+        .iter()
+        .find(|(_, p)| *p == path)
+        .map(|(v, _)| format!("{v} ({path})"))
+        .unwrap_or(path);
+    let what = match &e.kind {
+        figment::error::Kind::InvalidType(_, expected) => format!("expected {expected}"),
+        figment::error::Kind::InvalidValue(_, expected) => format!("expected {expected}"),
+        figment::error::Kind::UnknownField(field, _) => format!("unknown key {field:?}"),
+        figment::error::Kind::MissingField(field) => format!("missing key {field:?}"),
+        figment::error::Kind::Message(m) if !path_is_secret(&e.path) => m.clone(),
+        _ => "is not valid".to_owned(),
+    };
+    if var.is_empty() {
+        what
+    } else {
+        format!("{var}: {what}")
+    }
+}
+
+fn path_is_secret(path: &[String]) -> bool {
+    path.iter().any(|p| p.contains("secret"))
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+mod tests {
+    use super::*;
+
+    fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            out = Some(f());
+            Ok(())
+        });
+        out.expect("jail ran")
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let s = with_env(&[], || Settings::load(None)).unwrap();
+        assert_eq!(s.gateway.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.gateway.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(s.feishu.base_url, DEFAULT_BASE_URL);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "g.toml",
+                "[gateway]\nlisten = \"127.0.0.1:1\"\n[feishu]\napp_id = \"cli_file\"\n",
+            )?;
+            jail.set_env("GATEWAY_LISTEN", "127.0.0.1:2");
+            let s = Settings::load(Some(std::path::Path::new("g.toml"))).unwrap();
+            assert_eq!(s.gateway.listen.to_string(), "127.0.0.1:2");
+            assert_eq!(s.feishu.app_id.as_deref(), Some("cli_file"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_app_id_names_the_variable() {
+        let s = with_env(&[("FEISHU_APP_SECRET", "s3cr3t-value")], || {
+            Settings::load(None)
+        })
+        .unwrap();
+        let e = s.credentials().unwrap_err().to_string();
+        assert!(e.contains("FEISHU_APP_ID"), "{e}");
+    }
+
+    #[test]
+    fn invalid_listen_address_names_the_variable_once() {
+        let e = with_env(&[("GATEWAY_LISTEN", "nowhere")], || Settings::load(None)).unwrap_err();
+        let line = e.to_string();
+        assert!(line.contains("GATEWAY_LISTEN"), "{line}");
+        assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn secret_is_redacted_in_debug_and_read_from_file() {
+        let secret = "very-secret-value-123";
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("secret.txt", &format!("{secret}\n"))?;
+            jail.set_env("FEISHU_APP_ID", "cli_x");
+            jail.set_env("FEISHU_APP_SECRET_FILE", "secret.txt");
+            let s = Settings::load(None).unwrap();
+            let creds = s.credentials().unwrap();
+            assert_eq!(creds.app_secret.expose_secret(), secret);
+            assert!(!format!("{s:?} {creds:?}").contains(secret));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn plain_http_is_refused_beyond_loopback() {
+        let e = with_env(&[("FEISHU_BASE_URL", "http://open.feishu.cn")], || {
+            Settings::load(None)
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
+        with_env(&[("FEISHU_BASE_URL", "http://127.0.0.1:8080")], || {
+            Settings::load(None)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_base_url_with_a_path_is_refused() {
+        let e = with_env(
+            &[("FEISHU_BASE_URL", "https://open.feishu.cn/open-apis/")],
+            || Settings::load(None),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("FEISHU_BASE_URL"));
+    }
+}

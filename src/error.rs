@@ -1,0 +1,153 @@
+//! The gateway's typed errors. Each one is born with its blame (caller,
+//! Feishu, the network, the gateway) and with whether Feishu may have run the
+//! call; it becomes a gRPC status in exactly one place, `grpc::status`.
+
+use std::time::Duration;
+
+use crate::catalog::Window;
+
+/// A field of the caller's request that is wrong, named as in the proto
+/// (or, for Feishu's own `field_violations`, as Feishu names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request is invalid; nothing was sent to Feishu.
+    #[error("invalid request: {} field(s) rejected", .0.len())]
+    InvalidRequest(Vec<FieldViolation>),
+    /// Feishu answered with a non-zero `code`.
+    #[error("Feishu {endpoint} answered code {code}: {msg}", endpoint = .0.endpoint, code = .0.code, msg = .0.msg)]
+    Feishu(Box<FeishuError>),
+    /// Feishu gave no usable answer.
+    #[error("upstream {endpoint}: {kind:?}: {detail}", endpoint = .0.endpoint, kind = .0.kind, detail = .0.detail)]
+    Upstream(Box<UpstreamFault>),
+    /// The gateway's own quota refused the call; nothing was sent.
+    #[error("quota for {endpoint} ({window}) exhausted", endpoint = .0.endpoint, window = .0.window)]
+    Throttled(Box<Throttled>),
+    /// The caller's deadline ran out inside the gateway.
+    #[error("deadline exceeded while {stage} for {endpoint}")]
+    DeadlineExceeded {
+        stage: &'static str,
+        endpoint: &'static str,
+    },
+    /// The gateway cannot serve the call right now (draining, misconfigured app selection, …).
+    #[error("{message}")]
+    Unavailable {
+        reason: &'static str,
+        message: String,
+    },
+    /// The caller asked for something the gateway is not set up for (unknown app, missing tenant).
+    #[error("{message}")]
+    NotConfigured {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// A Feishu answer with a non-zero `code`, as Feishu sent it.
+#[derive(Debug, Clone, Default)]
+pub struct FeishuError {
+    pub endpoint: &'static str,
+    pub http_status: u16,
+    pub code: i64,
+    pub msg: String,
+    pub log_id: Option<String>,
+    pub troubleshooter: Option<String>,
+    pub field_violations: Vec<FieldViolation>,
+    /// Scopes named by `error.permission_violations[].subject`.
+    pub missing_scopes: Vec<String>,
+    /// From `x-ogw-ratelimit-limit`.
+    pub ratelimit_limit: Option<u32>,
+    /// From `x-ogw-ratelimit-reset`.
+    pub ratelimit_reset: Option<Duration>,
+    /// The resource acted on, e.g. `pre_hires/7345005664477775407`.
+    pub subject: String,
+}
+
+impl FeishuError {
+    /// Feishu rejected the token before running anything: evict it and retry once.
+    pub fn is_token_rejection(&self) -> bool {
+        matches!(self.code, 99991661 | 99991663 | 99991664 | 99991671)
+    }
+
+    /// Feishu's frequency control refused the call before running it.
+    pub fn is_rate_limited(&self) -> bool {
+        self.http_status == 429 || matches!(self.code, 99991400 | 1161604)
+    }
+}
+
+/// What went wrong on the way to or from Feishu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// No connection could be made: nothing was sent, a retry is safe.
+    Connect,
+    /// The exchange exceeded the gateway's upstream timeout; Feishu may have run the call.
+    Timeout,
+    /// The caller's deadline cut the exchange short; Feishu may have run the call.
+    CallerDeadline,
+    /// The connection closed before a full answer; Feishu may have run the call.
+    Dropped,
+    /// The answer was not Feishu's JSON (HTML page, truncated or empty body).
+    Malformed,
+}
+
+/// Feishu gave no usable answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamFault {
+    pub endpoint: &'static str,
+    pub kind: FaultKind,
+    pub http_status: Option<u16>,
+    pub log_id: Option<String>,
+    /// What happened, without any secret (no header values, no body).
+    pub detail: String,
+}
+
+impl UpstreamFault {
+    /// Whether Feishu certainly did not run the call.
+    pub fn nothing_sent(&self) -> bool {
+        self.kind == FaultKind::Connect
+    }
+}
+
+/// The local quota refused the call.
+#[derive(Debug, Clone)]
+pub struct Throttled {
+    pub endpoint: &'static str,
+    pub window: Window,
+    /// When a slot will be free, measured from now.
+    pub retry_after: Duration,
+    /// Refused because too many calls already wait for this key.
+    pub queue_full: bool,
+}
+
+impl From<FeishuError> for Error {
+    fn from(e: FeishuError) -> Self {
+        Error::Feishu(Box::new(e))
+    }
+}
+
+impl From<UpstreamFault> for Error {
+    fn from(e: UpstreamFault) -> Self {
+        Error::Upstream(Box::new(e))
+    }
+}
+
+impl From<Throttled> for Error {
+    fn from(e: Throttled) -> Self {
+        Error::Throttled(Box::new(e))
+    }
+}

@@ -1,0 +1,220 @@
+//! The gateway layer: turns one typed request into one Feishu REST call and
+//! its answer back into a typed response, owning what every caller would
+//! otherwise get wrong — validation first, a limiter slot and a valid token
+//! for every send, and retries only where Feishu certainly ran nothing.
+
+mod operations;
+pub mod path;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::time::Instant;
+
+use crate::{
+    catalog::Endpoint,
+    error::{Error, FieldViolation},
+    feishu,
+    quota::{Limiter, QuotaKey},
+    token::{TokenKey, TokenManager},
+    upstream::{Outgoing, Upstream},
+};
+
+pub use operations::{TERMINATION_NOTES_MAX, TERMINATION_REASONS_MAX, WITHDRAW_REASON_MAX};
+
+/// A request message that one Feishu endpoint serves. The message serializes
+/// to the endpoint's JSON body; this trait adds what does not go there.
+pub trait Operation: Serialize + Sync {
+    /// Deserialized from Feishu's `data`.
+    type Output: DeserializeOwned + Default + Send;
+    /// The catalog row.
+    const ENDPOINT: &'static Endpoint;
+
+    /// Values for the `:name` segments of the path template, in order.
+    fn path_params(&self) -> Vec<&str> {
+        Vec::new()
+    }
+    /// Query parameters.
+    fn query(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
+    }
+    /// Appends every rule this request breaks.
+    fn validate(&self, out: &mut Vec<FieldViolation>);
+    /// The resource acted on, for error details and the audit trail.
+    fn subject(&self) -> String;
+}
+
+/// Who the call acts as, and until when the caller waits.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub deadline: Option<Instant>,
+    /// Configured app name (`x-feishu-app`); the default app when absent.
+    pub app: Option<String>,
+    /// Tenant of a store app (`x-feishu-tenant-key`).
+    pub tenant: Option<String>,
+}
+
+/// A successful call.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    /// Feishu's `X-Tt-Logid`.
+    pub log_id: Option<String>,
+}
+
+/// Sends per call, at most: a token retry, a rate-limit retry, a connect retry.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// The gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    upstream: Upstream,
+    tokens: TokenManager,
+    limiter: Limiter,
+    default_app: Arc<str>,
+}
+
+impl Gateway {
+    pub fn new(
+        upstream: Upstream,
+        tokens: TokenManager,
+        limiter: Limiter,
+        default_app: Arc<str>,
+    ) -> Self {
+        Self {
+            upstream,
+            tokens,
+            limiter,
+            default_app,
+        }
+    }
+
+    pub fn tokens(&self) -> &TokenManager {
+        &self.tokens
+    }
+
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Validates, then sends `req` to its endpoint.
+    pub async fn call<O: Operation>(
+        &self,
+        ctx: &CallContext,
+        req: &O,
+    ) -> Result<Answer<O::Output>, Error> {
+        let endpoint = O::ENDPOINT;
+        let mut violations = Vec::new();
+        req.validate(&mut violations);
+        if !violations.is_empty() {
+            return Err(Error::InvalidRequest(violations));
+        }
+        let path =
+            path::render(endpoint.path, &req.path_params(), &req.query()).ok_or_else(|| {
+                Error::Unavailable {
+                    reason: "CATALOG_MISMATCH",
+                    message: format!(
+                        "the catalog row of {} does not fit its request",
+                        endpoint.name
+                    ),
+                }
+            })?;
+        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Error::Unavailable {
+            reason: "ENCODING_FAILED",
+            message: format!("cannot encode the request body: {e}"),
+        })?);
+        let app: Arc<str> = match ctx.app.as_deref() {
+            None | Some("") => self.default_app.clone(),
+            Some(name) if self.tokens.knows(name) => Arc::from(name),
+            Some(name) => {
+                return Err(Error::NotConfigured {
+                    reason: "UNKNOWN_APP",
+                    message: format!("x-feishu-app names {name:?}, which is not configured"),
+                })
+            }
+        };
+        let tenant: Option<Arc<str>> = ctx
+            .tenant
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from);
+        let token_key = TokenKey {
+            app: app.clone(),
+            tenant: tenant.clone(),
+        };
+        let quota_key = QuotaKey {
+            app,
+            tenant,
+            endpoint: endpoint.name,
+        };
+
+        let mut token_retried = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let token = self.tokens.get(&token_key, ctx.deadline).await?;
+            self.limiter
+                .acquire(&quota_key, endpoint, ctx.deadline)
+                .await?;
+            let sent = self
+                .upstream
+                .post(Outgoing {
+                    endpoint: endpoint.name,
+                    path_and_query: &path,
+                    bearer: Some(token.bearer()),
+                    body: body.clone(),
+                    deadline: ctx.deadline,
+                })
+                .await;
+            let raw = match sent {
+                Ok(raw) => raw,
+                // Nothing reached Feishu: trying again cannot run the write twice.
+                Err(fault)
+                    if fault.nothing_sent()
+                        && attempt < MAX_ATTEMPTS
+                        && time_left(ctx.deadline, Duration::from_millis(50)) =>
+                {
+                    tracing::warn!(endpoint = endpoint.name, detail = %fault.detail, "connect failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                    continue;
+                }
+                Err(fault) => return Err(fault.into()),
+            };
+            let log_id = raw.log_id.clone();
+            match feishu::interpret::<O::Output>(endpoint.name, || req.subject(), raw) {
+                Ok(value) => return Ok(Answer { value, log_id }),
+                Err(Error::Feishu(f))
+                    if f.is_token_rejection() && !token_retried && attempt < MAX_ATTEMPTS =>
+                {
+                    // Feishu refused the token before running anything: evict exactly that one.
+                    tracing::info!(
+                        endpoint = endpoint.name,
+                        code = f.code,
+                        "token rejected; fetching a new one and retrying once"
+                    );
+                    self.tokens.invalidate(&token_key, &token);
+                    token_retried = true;
+                }
+                Err(Error::Feishu(f)) if f.is_rate_limited() => {
+                    self.limiter.feedback(
+                        &quota_key,
+                        endpoint,
+                        f.ratelimit_reset,
+                        f.ratelimit_limit,
+                    );
+                    let wait = f.ratelimit_reset.unwrap_or(Duration::from_secs(1));
+                    if attempt >= MAX_ATTEMPTS || !time_left(ctx.deadline, wait) {
+                        return Err(Error::Feishu(f));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether at least `need` remains before `deadline` (always, without one).
+fn time_left(deadline: Option<Instant>, need: Duration) -> bool {
+    deadline.is_none_or(|d| d.saturating_duration_since(Instant::now()) > need)
+}

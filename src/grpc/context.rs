@@ -1,0 +1,125 @@
+//! Reads what a caller says in request metadata: its deadline
+//! (`grpc-timeout`), the app and tenant to act as, and its language.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+
+use crate::gateway::CallContext;
+
+/// Metadata naming a configured app (default app when absent).
+pub const APP_HEADER: &str = "x-feishu-app";
+/// Metadata naming the tenant of a store app.
+pub const TENANT_HEADER: &str = "x-feishu-tenant-key";
+
+/// Language of `LocalizedMessage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locale {
+    #[default]
+    English,
+    Chinese,
+}
+
+impl Locale {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Locale::English => "en-US",
+            Locale::Chinese => "zh-CN",
+        }
+    }
+
+    /// The caller's preferred language among ours, from `accept-language`
+    /// (highest quality wins; English when nothing matches).
+    pub fn from_accept_language(header: Option<&str>) -> Self {
+        let Some(header) = header else {
+            return Locale::English;
+        };
+        let mut best: Option<(f32, Locale)> = None;
+        for part in header.split(',') {
+            let mut fields = part.split(';');
+            let tag = fields.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = fields
+                .find_map(|f| f.trim().strip_prefix("q="))
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let locale = if tag == "zh" || tag.starts_with("zh-") {
+                Locale::Chinese
+            } else if tag == "en" || tag.starts_with("en-") {
+                Locale::English
+            } else {
+                continue;
+            };
+            if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
+                best = Some((q, locale));
+            }
+        }
+        best.map_or(Locale::English, |(_, l)| l)
+    }
+}
+
+/// Everything the gateway needs from the caller's metadata.
+pub fn read(metadata: &MetadataMap) -> (CallContext, Locale) {
+    let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    let deadline = text("grpc-timeout")
+        .and_then(parse_grpc_timeout)
+        .map(|d| Instant::now() + d);
+    let ctx = CallContext {
+        deadline,
+        app: text(APP_HEADER).map(str::to_owned),
+        tenant: text(TENANT_HEADER).map(str::to_owned),
+    };
+    (ctx, Locale::from_accept_language(text("accept-language")))
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("S"), None);
+    }
+
+    #[test]
+    fn languages() {
+        use Locale::*;
+        assert_eq!(Locale::from_accept_language(None), English);
+        assert_eq!(Locale::from_accept_language(Some("zh-CN")), Chinese);
+        assert_eq!(
+            Locale::from_accept_language(Some("zh-CN,zh;q=0.9,en;q=0.8")),
+            Chinese
+        );
+        assert_eq!(
+            Locale::from_accept_language(Some("en-US,zh;q=0.5")),
+            English
+        );
+        assert_eq!(
+            Locale::from_accept_language(Some("fr-FR, zh;q=0.3")),
+            Chinese
+        );
+        assert_eq!(Locale::from_accept_language(Some("de")), English);
+    }
+}

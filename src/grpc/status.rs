@@ -1,0 +1,360 @@
+//! The one place where a gateway error becomes a gRPC status (AIP-193):
+//! a canonical code, a developer-facing message, and `google.rpc` details —
+//! one `ErrorInfo` with a stable reason, a `LocalizedMessage` in the caller's
+//! language, and whichever of `Help`, `RequestInfo`, `RetryInfo`,
+//! `QuotaFailure`, `BadRequest` and `PreconditionFailure` apply.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{metadata::MetadataMap, Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation as PbFieldViolation, QuotaViolation, StatusExt};
+
+use super::context::Locale;
+use crate::{
+    catalog, codes,
+    error::{Error, FaultKind, FeishuError, Throttled, UpstreamFault},
+    upstream::LOG_ID_HEADER,
+};
+
+/// `ErrorInfo.domain` of errors that Feishu reported.
+pub const FEISHU_DOMAIN: &str = "open.feishu.cn";
+/// `ErrorInfo.domain` of errors the gateway itself detected.
+pub const GATEWAY_DOMAIN: &str = "feishu-gateway";
+
+/// Builds the status a caller receives for `err`.
+pub fn to_status(err: &Error, locale: Locale) -> Status {
+    match err {
+        Error::InvalidRequest(violations) => {
+            let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+            let message = format!(
+                "invalid request: {}",
+                violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            let mut d = own(
+                "FIELD_INVALID",
+                [("fields", fields.join(","))],
+                locale,
+                (&message, &format!("请求参数有误：{}", fields.join("、"))),
+            );
+            d.set_bad_request(
+                violations
+                    .iter()
+                    .map(|v| PbFieldViolation::new(&v.field, &v.description))
+                    .collect::<Vec<_>>(),
+            );
+            build(Code::InvalidArgument, message, d, None)
+        }
+        Error::Feishu(f) => feishu(f, locale),
+        Error::Upstream(u) => upstream(u, locale),
+        Error::Throttled(t) => throttled(t, locale),
+        Error::DeadlineExceeded { stage, endpoint } => {
+            let message =
+                format!("the call's deadline passed while {stage}; nothing was sent to Feishu");
+            let d = own(
+                "DEADLINE_EXCEEDED",
+                [
+                    ("endpoint", endpoint.to_string()),
+                    ("stage", stage.to_string()),
+                ],
+                locale,
+                (&message, "调用截止时间已到，请求未发送到飞书。"),
+            );
+            build(Code::DeadlineExceeded, message, d, None)
+        }
+        Error::Unavailable { reason, message } => {
+            let mut d = own(
+                reason,
+                [],
+                locale,
+                (message, "网关暂时无法处理该请求，请稍后重试。"),
+            );
+            d.set_retry_info(Some(Duration::from_secs(1)));
+            build(Code::Unavailable, message.clone(), d, None)
+        }
+        Error::NotConfigured { reason, message } => {
+            let d = own(
+                reason,
+                [],
+                locale,
+                (message, "网关未配置所请求的应用或租户。"),
+            );
+            build(Code::InvalidArgument, message.clone(), d, None)
+        }
+    }
+}
+
+fn feishu(f: &FeishuError, locale: Locale) -> Status {
+    let row = codes::lookup(f.code);
+    let (code, reason) = match row {
+        Some(r) => (r.grpc, r.reason),
+        None => (Code::Unknown, "UNKNOWN_FEISHU_CODE"),
+    };
+    let (en, zh) = match row {
+        Some(r) => (r.en.to_owned(), r.zh.to_owned()),
+        None => (
+            format!(
+                "Feishu answered with code {} that the gateway does not know: {}",
+                f.code, f.msg
+            ),
+            format!("飞书返回了网关未知的错误码 {}：{}", f.code, f.msg),
+        ),
+    };
+    let scope = catalog::by_name(f.endpoint).map(|e| e.scope).unwrap_or("");
+    let scopes = if f.missing_scopes.is_empty() {
+        scope.to_owned()
+    } else {
+        f.missing_scopes.join(",")
+    };
+    let mut message = format!("{en} (Feishu {} on {}: {})", f.code, f.endpoint, f.msg);
+    if f.code == 99991672 && !scopes.is_empty() {
+        message = format!(
+            "the Feishu app lacks the scope {scopes} needed by {}. {message}",
+            f.endpoint
+        );
+    }
+    let mut metadata = HashMap::from([
+        ("feishuCode".to_owned(), f.code.to_string()),
+        ("feishuMsg".to_owned(), f.msg.clone()),
+        ("httpStatus".to_owned(), f.http_status.to_string()),
+        ("endpoint".to_owned(), f.endpoint.to_owned()),
+    ]);
+    if let Some(log_id) = &f.log_id {
+        metadata.insert("logId".into(), log_id.clone());
+    }
+    if f.code == 99991672 && !scopes.is_empty() {
+        metadata.insert("scope".into(), scopes.clone());
+    }
+    let mut d = ErrorDetails::new();
+    d.set_error_info(reason, FEISHU_DOMAIN, metadata);
+    d.set_localized_message(
+        locale.tag(),
+        if locale == Locale::Chinese {
+            zh
+        } else {
+            en.clone()
+        },
+    );
+    if let Some(url) = f.troubleshooter.as_deref().and_then(link) {
+        d.set_help(vec![tonic_types::HelpLink::new(
+            "Feishu troubleshooter for this log id",
+            url,
+        )]);
+    }
+    if let Some(log_id) = &f.log_id {
+        d.set_request_info(log_id, f.endpoint);
+    }
+    if f.is_rate_limited() {
+        let wait = f.ratelimit_reset.unwrap_or(Duration::from_secs(1));
+        d.set_retry_info(Some(wait));
+        let mut v = QuotaViolation::new(
+            f.endpoint,
+            match f.ratelimit_limit {
+                Some(limit) => {
+                    format!("Feishu's frequency limit ({limit} per window) for this app and tenant")
+                }
+                None => "Feishu's frequency limit for this app and tenant".to_owned(),
+            },
+        );
+        v.quota_value = f.ratelimit_limit.map_or(0, i64::from);
+        d.set_quota_failure(vec![v]);
+    }
+    if !f.field_violations.is_empty() {
+        d.set_bad_request(
+            f.field_violations
+                .iter()
+                .map(|v| PbFieldViolation::new(&v.field, &v.description))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if let Some(kind) = row.and_then(|r| r.precondition) {
+        d.set_precondition_failure(vec![tonic_types::PreconditionViolation::new(
+            kind,
+            &f.subject,
+            format!("{en} Feishu says: {}", f.msg),
+        )]);
+    }
+    build(code, message, d, f.log_id.as_deref())
+}
+
+fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
+    let write_note =
+        "If the call changes state, it may have been applied: check before calling again.";
+    let (code, reason, en, zh) = match u.kind {
+        FaultKind::Connect => (
+            Code::Unavailable,
+            "UPSTREAM_UNREACHABLE",
+            format!("cannot reach Feishu ({}); nothing was sent", u.detail),
+            "无法连接飞书，请求未发送，可以重试。".to_owned(),
+        ),
+        FaultKind::Timeout => (
+            Code::Unavailable,
+            "UPSTREAM_TIMEOUT",
+            format!("Feishu did not answer in time ({}). {write_note}", u.detail),
+            "飞书未能及时响应。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+        ),
+        FaultKind::CallerDeadline => (
+            Code::DeadlineExceeded,
+            "UPSTREAM_DEADLINE_EXCEEDED",
+            format!(
+                "the call's deadline passed while waiting for Feishu ({}). {write_note}",
+                u.detail
+            ),
+            "等待飞书响应时调用已超时。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+        ),
+        FaultKind::Dropped => (
+            Code::Unavailable,
+            "UPSTREAM_CONNECTION_LOST",
+            format!(
+                "the connection to Feishu broke before its answer ({}). {write_note}",
+                u.detail
+            ),
+            "与飞书的连接在响应前中断。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+        ),
+        FaultKind::Malformed if u.http_status.is_some_and(|s| s >= 500) => (
+            Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE",
+            format!("Feishu answered {}. {write_note}", u.detail),
+            "飞书返回了服务错误页面。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+        ),
+        FaultKind::Malformed => (
+            Code::Internal,
+            "UPSTREAM_MALFORMED_RESPONSE",
+            format!(
+                "Feishu answered {}, which is not its JSON format. {write_note}",
+                u.detail
+            ),
+            "飞书返回了无法解析的响应。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+        ),
+    };
+    let mut metadata = vec![
+        ("endpoint", u.endpoint.to_owned()),
+        ("mayHaveRun", (!u.nothing_sent()).to_string()),
+    ];
+    if let Some(s) = u.http_status {
+        metadata.push(("httpStatus", s.to_string()));
+    }
+    if let Some(l) = &u.log_id {
+        metadata.push(("logId", l.clone()));
+    }
+    let mut d = own(reason, metadata, locale, (&en, &zh));
+    if let Some(l) = &u.log_id {
+        d.set_request_info(l, u.endpoint);
+    }
+    build(code, en, d, u.log_id.as_deref())
+}
+
+fn throttled(t: &Throttled, locale: Locale) -> Status {
+    let (reason, en) = if t.queue_full {
+        (
+            "QUOTA_QUEUE_FULL",
+            format!(
+                "too many calls are already waiting for the {} quota of {}; retry in {:?}",
+                t.window, t.endpoint, t.retry_after
+            ),
+        )
+    } else {
+        (
+            "QUOTA_EXHAUSTED",
+            format!(
+                "the {} quota of {} has no slot before the call's deadline; retry in {:?}",
+                t.window, t.endpoint, t.retry_after
+            ),
+        )
+    };
+    let zh = format!(
+        "接口 {} 的频率配额（{}）在调用截止前没有空位，请在 {:?} 后重试。",
+        t.endpoint, t.window, t.retry_after
+    );
+    let mut d = own(
+        reason,
+        [
+            ("endpoint", t.endpoint.to_owned()),
+            ("limit", t.window.to_string()),
+        ],
+        locale,
+        (&en, &zh),
+    );
+    d.set_retry_info(Some(t.retry_after));
+    let mut v = QuotaViolation::new(
+        t.endpoint,
+        format!("Feishu allows {} for this app and tenant", t.window),
+    );
+    v.quota_value = i64::from(t.window.limit);
+    v.quota_id = format!("{}/{}", t.endpoint, t.window);
+    d.set_quota_failure(vec![v]);
+    build(Code::ResourceExhausted, en, d, None)
+}
+
+/// Details of an error the gateway detected itself.
+fn own<'a>(
+    reason: &str,
+    metadata: impl IntoIterator<Item = (&'a str, String)>,
+    locale: Locale,
+    (en, zh): (&str, &str),
+) -> ErrorDetails {
+    let mut d = ErrorDetails::new();
+    d.set_error_info(
+        reason,
+        GATEWAY_DOMAIN,
+        metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<HashMap<_, _>>(),
+    );
+    d.set_localized_message(
+        locale.tag(),
+        if locale == Locale::Chinese { zh } else { en },
+    );
+    d
+}
+
+fn build(code: Code, message: String, details: ErrorDetails, log_id: Option<&str>) -> Status {
+    let mut metadata = MetadataMap::new();
+    if let Some(value) = log_id.and_then(|l| l.parse().ok()) {
+        metadata.insert(LOG_ID_HEADER, value);
+    }
+    Status::with_error_details_and_metadata(code, message, details, metadata)
+}
+
+/// The URL in Feishu's troubleshooter text ("排查建议查看(...): https://…").
+fn link(troubleshooter: &str) -> Option<&str> {
+    let start = troubleshooter
+        .find("https://")
+        .or_else(|| troubleshooter.find("http://"))?;
+    let rest = &troubleshooter[start..];
+    Some(rest.split_whitespace().next().unwrap_or(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn troubleshooter_link_is_extracted() {
+        assert_eq!(
+            link("排查建议查看(Troubleshooting suggestions): https://open.feishu.cn/search?log_id=1&code=2"),
+            Some("https://open.feishu.cn/search?log_id=1&code=2")
+        );
+        assert_eq!(link("nothing"), None);
+    }
+
+    #[test]
+    fn unknown_feishu_codes_keep_the_raw_code() {
+        let f = FeishuError {
+            endpoint: "e",
+            http_status: 400,
+            code: 4242,
+            msg: "odd".into(),
+            ..FeishuError::default()
+        };
+        let s = to_status(&Error::Feishu(Box::new(f)), Locale::English);
+        assert_eq!(s.code(), Code::Unknown);
+        let info = s.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "UNKNOWN_FEISHU_CODE");
+        assert_eq!(info.metadata["feishuCode"], "4242");
+    }
+}

@@ -1,0 +1,155 @@
+//! The one HTTP client to Feishu: a shared connection pool, bounded by the
+//! gateway's upstream timeout and by the caller's deadline, whichever is first.
+//!
+//! It knows nothing of Feishu's codes: it returns the raw answer, or a fault
+//! that says whether anything may have reached Feishu.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
+use crate::{
+    error::{FaultKind, UpstreamFault},
+    feishu::RawAnswer,
+};
+
+/// Feishu's request id header, returned to callers in response metadata.
+pub const LOG_ID_HEADER: &str = "x-tt-logid";
+
+/// A request ready to send: path already encoded, body already serialized.
+pub struct Outgoing<'a> {
+    pub endpoint: &'static str,
+    pub path_and_query: &'a str,
+    pub bearer: Option<&'a HeaderValue>,
+    pub body: Bytes,
+    /// The caller's deadline, if any.
+    pub deadline: Option<Instant>,
+}
+
+/// The shared client.
+#[derive(Clone)]
+pub struct Upstream {
+    client: reqwest::Client,
+    base_url: String,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(concat!("feishu-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            base_url: base_url.to_owned(),
+            timeout,
+        })
+    }
+
+    /// Sends one POST. Never retries: the caller decides, knowing the fault.
+    pub async fn post(&self, req: Outgoing<'_>) -> Result<RawAnswer, UpstreamFault> {
+        let now = Instant::now();
+        let (budget, callers) = match req.deadline {
+            Some(d) if d.saturating_duration_since(now) < self.timeout => {
+                (d.saturating_duration_since(now), true)
+            }
+            _ => (self.timeout, false),
+        };
+        let fault = |kind: FaultKind, detail: String| UpstreamFault {
+            endpoint: req.endpoint,
+            kind,
+            http_status: None,
+            log_id: None,
+            detail,
+        };
+        if budget.is_zero() {
+            return Err(fault(
+                FaultKind::CallerDeadline,
+                "the deadline passed before sending".into(),
+            ));
+        }
+        let mut url = String::with_capacity(self.base_url.len() + req.path_and_query.len());
+        url.push_str(&self.base_url);
+        url.push_str(req.path_and_query);
+        let mut builder = self
+            .client
+            .post(url)
+            .header(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            )
+            .body(req.body);
+        if let Some(bearer) = req.bearer {
+            builder = builder.header(http::header::AUTHORIZATION, bearer.clone());
+        }
+        let exchange = async {
+            let response = builder.send().await?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        };
+        match tokio::time::timeout(budget, exchange).await {
+            Err(_) if callers => Err(fault(
+                FaultKind::CallerDeadline,
+                format!("no answer within the caller's deadline ({budget:?})"),
+            )),
+            Err(_) => Err(fault(
+                FaultKind::Timeout,
+                format!("no answer within {budget:?}"),
+            )),
+            Ok(Err(e)) => Err(classify(&e, fault)),
+            Ok(Ok((status, headers, body))) => Ok(RawAnswer {
+                status,
+                log_id: header_str(&headers, LOG_ID_HEADER).map(str::to_owned),
+                ratelimit_limit: header_str(&headers, "x-ogw-ratelimit-limit")
+                    .and_then(|v| v.trim().parse().ok()),
+                ratelimit_reset: header_str(&headers, "x-ogw-ratelimit-reset")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
+                    .map(Duration::from_secs_f64),
+                body,
+            }),
+        }
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decides, where the error is born, whether Feishu may have seen the request.
+fn classify(
+    e: &reqwest::Error,
+    fault: impl Fn(FaultKind, String) -> UpstreamFault,
+) -> UpstreamFault {
+    // reqwest's Display may carry the URL; it never carries headers or bodies.
+    let detail = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string());
+    if e.is_connect() {
+        fault(
+            FaultKind::Connect,
+            format!("cannot connect to Feishu: {detail}"),
+        )
+    } else if e.is_timeout() {
+        fault(FaultKind::Timeout, format!("Feishu timed out: {detail}"))
+    } else {
+        fault(
+            FaultKind::Dropped,
+            format!("the connection closed before a full answer: {detail}"),
+        )
+    }
+}
