@@ -5,6 +5,7 @@
 //! and sleeps until then, in arrival order; a call whose deadline comes
 //! first is refused at once with the exact wait.
 
+pub mod redis;
 pub mod sliding_log;
 
 use std::{

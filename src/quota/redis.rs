@@ -1,0 +1,1 @@
+//! Shared quota through Redis (placeholder, being built).
