@@ -17,7 +17,7 @@ use serde::Deserialize;
 pub const DEFAULT_BASE_URL: &str = "https://open.feishu.cn";
 
 /// Everything the gateway reads at start-up.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]

@@ -1,0 +1,86 @@
+//! Shared set-up of the integration tests: a real sandbox over HTTP on
+//! loopback, the real gateway on ephemeral ports, generated tonic clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use feishu_gateway::{
+    app::{self, Running},
+    config::{AppCredentials, Settings},
+    pb::feishu::{
+        corehr::v2::{
+            offboarding_service_client::OffboardingServiceClient,
+            pre_hire_service_client::PreHireServiceClient,
+        },
+        hire::v1::application_service_client::ApplicationServiceClient,
+    },
+    sandbox::{Sandbox, SandboxConfig, SandboxHandle},
+};
+use secrecy::SecretString;
+use tonic::transport::Channel;
+
+pub const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+pub struct Harness {
+    pub sandbox: SandboxHandle,
+    pub gateway: Running,
+    pub channel: Channel,
+    pub config: SandboxConfig,
+}
+
+/// Sandbox with the demo records, gateway with default settings.
+pub async fn start() -> Harness {
+    start_with(
+        SandboxConfig {
+            seed_demo: true,
+            ..SandboxConfig::default()
+        },
+        |_| {},
+    )
+    .await
+}
+
+pub async fn start_with(config: SandboxConfig, tweak: impl FnOnce(&mut Settings)) -> Harness {
+    let sandbox = Sandbox::start(config.clone(), LOOPBACK).await.expect("sandbox starts");
+    let mut settings = Settings::default();
+    settings.gateway.listen = LOOPBACK;
+    settings.gateway.admin_listen = LOOPBACK;
+    settings.feishu.base_url = sandbox.base_url();
+    tweak(&mut settings);
+    let credentials = AppCredentials {
+        app_id: config.app_id.clone(),
+        app_secret: SecretString::from(config.app_secret.clone()),
+    };
+    let gateway = app::start(&settings, credentials).await.expect("gateway starts");
+    let channel = Channel::from_shared(format!("http://{}", gateway.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the gateway");
+    Harness {
+        sandbox,
+        gateway,
+        channel,
+        config,
+    }
+}
+
+impl Harness {
+    pub fn pre_hire(&self) -> PreHireServiceClient<Channel> {
+        PreHireServiceClient::new(self.channel.clone())
+    }
+    pub fn offboarding(&self) -> OffboardingServiceClient<Channel> {
+        OffboardingServiceClient::new(self.channel.clone())
+    }
+    pub fn application(&self) -> ApplicationServiceClient<Channel> {
+        ApplicationServiceClient::new(self.channel.clone())
+    }
+    /// Requests the sandbox received for business endpoints (token requests left out).
+    pub fn business_requests(&self) -> Vec<feishu_gateway::sandbox::RecordedRequest> {
+        self.sandbox
+            .requests()
+            .into_iter()
+            .filter(|r| r.endpoint.is_some_and(|e| e.is_business()))
+            .collect()
+    }
+}
