@@ -811,6 +811,19 @@ async fn store_apps_get_tokens_through_tickets_and_tenants() {
         h.requests().last().unwrap().tenant.as_deref(),
         Some("tenant-a")
     );
+    // revoke and cancel_onboard are for self-built apps only.
+    let a = send(
+        &h,
+        REVOKE,
+        Some(&bearer),
+        &revoke(demo::OFFBOARDING).to_string(),
+    )
+    .await;
+    a.assert_error(400, 99991672);
+    assert!(a.json["msg"]
+        .as_str()
+        .unwrap()
+        .contains("[corehr:offboarding.revoke:write]"));
     // An app token is not a tenant token.
     let as_app = format!("Bearer {app_token}");
     send(&h, WITHDRAW, Some(&as_app), &withdraw("x").to_string())

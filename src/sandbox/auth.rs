@@ -139,8 +139,10 @@ impl Tokens {
             .filter(|g| g.kind == TokenKind::Tenant && g.expires_at > now)
             .ok_or_else(|| ApiError::of(99_991_663))?;
         if let Some(scope) = endpoint.scope() {
-            if self.denied_scopes.contains(scope) {
-                return Err(ApiError::scope(scope));
+            // A store app cannot even apply for the scope of a self-built-only API.
+            let store_app = grant.tenant.is_some() && !endpoint.open_to_store_apps();
+            if store_app || self.denied_scopes.contains(scope) {
+                return Err(ApiError::scope(scope, &grant.app_id));
             }
         }
         Ok(grant.clone())

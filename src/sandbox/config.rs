@@ -71,6 +71,15 @@ impl Endpoint {
         }
     }
 
+    /// Whether store (ISV) apps may call it: the documents list revoke and cancel_onboard
+    /// for self-built apps only.
+    pub fn open_to_store_apps(self) -> bool {
+        matches!(
+            self,
+            Endpoint::WithdrawOnboarding | Endpoint::RestoreFlowInstance
+        )
+    }
+
     /// The frequency limit the Feishu documents state (limit, window).
     pub fn documented_limit(self) -> Option<(u32, Duration)> {
         match self {

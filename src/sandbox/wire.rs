@@ -98,12 +98,17 @@ impl ApiError {
         e
     }
 
-    /// 99991672: the app was not granted the endpoint's scope.
-    pub fn scope(scope: &'static str) -> ApiError {
+    /// 99991672: the app was not granted the endpoint's scope (the message, like
+    /// Feishu's, links to the app's permission page).
+    pub fn scope(scope: &'static str, app_id: &str) -> ApiError {
         ApiError {
             status: 400,
             code: 99_991_672,
-            msg: format!("Access denied. One of the following scopes is required: [{scope}]."),
+            msg: format!(
+                "Access denied. One of the following scopes is required: [{scope}].\
+                 应用尚未开通所需的应用身份权限：[{scope}]，点击链接申请并开通任一权限即可：\
+                 https://open.feishu.cn/app/{app_id}/auth?q={scope}&op_from=openapi&token_type=tenant"
+            ),
             detail: Detail::Scope(scope),
         }
     }
