@@ -174,7 +174,8 @@ impl SandboxHandle {
             .insert(email.to_string(), by);
     }
 
-    /// Every request received, in arrival order (token requests included, control API not).
+    /// Every request received, in arrival order (token requests included, control API not;
+    /// the most recent 100 000).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.recorder).requests()
     }

@@ -1,6 +1,6 @@
 //! What the sandbox received, so tests can assert on what a gateway actually sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -39,11 +39,15 @@ struct EndpointStats {
     arrivals_ms: Vec<u64>,
 }
 
+/// How many requests the log keeps (the oldest go first): a long benchmark run must not
+/// grow the sandbox without bound; the counters below are never truncated.
+const MAX_LOG: usize = 100_000;
+
 /// The request log (for tests) and cheap per-endpoint counters (for the benchmark).
 #[derive(Default)]
 pub(crate) struct Recorder {
     next: u64,
-    log: Vec<(u64, RecordedRequest)>,
+    log: VecDeque<(u64, RecordedRequest)>,
     stats: HashMap<Endpoint, EndpointStats>,
 }
 
@@ -68,7 +72,10 @@ impl Recorder {
         }
         let seq = self.next;
         self.next += 1;
-        self.log.push((seq, req));
+        if self.log.len() == MAX_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back((seq, req));
         seq
     }
 

@@ -171,10 +171,10 @@ impl Call {
 impl Records {
     /// The checks that come before the record is held: existence, permission, conflicts.
     pub fn gate(&self, call: &Call) -> Result<(), ApiError> {
+        let held = call.hold_key().is_some_and(|key| self.busy.contains(&key));
         match call {
             Call::Withdraw { pre_hire_id } | Call::Restore { pre_hire_id, .. } => {
                 let p = self.pre_hire(pre_hire_id)?;
-                let held = self.busy.contains(&RecordKey::PreHire(pre_hire_id.clone()));
                 if p.restricted {
                     Err(ApiError::of(1_161_097))
                 } else if p.locked_by_other || held {
@@ -188,9 +188,6 @@ impl Records {
                     .offboardings
                     .get(offboarding_id)
                     .ok_or_else(|| ApiError::of(1_160_201))?;
-                let held = self
-                    .busy
-                    .contains(&RecordKey::Offboarding(offboarding_id.clone()));
                 if o.state == OffboardingState::Revoked {
                     Err(ApiError::of(1_160_202))
                 } else if o.department_disabled {

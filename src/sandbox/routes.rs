@@ -16,7 +16,7 @@ use super::faults::FaultKind;
 use super::limits::{LimitKey, Refusal};
 use super::recorder::{Outcome, RecordedRequest};
 use super::records::{Call, RecordKey, Records};
-use super::wire::{ApiError, Reply};
+use super::wire::{ApiError, Detail, Reply};
 use super::{control, lock, params, Shared};
 
 /// Larger bodies are not read: no Feishu call here needs more.
@@ -156,7 +156,7 @@ async fn handle(shared: &Shared, req: FeishuRequest<'_>) -> (Option<Reply>, Opti
                 status: http_status,
                 code,
                 msg,
-                detail: super::wire::Detail::None,
+                detail: Detail::None,
             };
             return (Some(Reply::error(&err, endpoint)), None);
         }
