@@ -12,22 +12,22 @@ const USER_ID_TYPES: [&str; 4] = ["open_id", "union_id", "user_id", "people_core
 const TERMINATION_TYPES: [i64; 3] = [1, 22, 27];
 const MAX_REASON_CHARS: usize = 500;
 
-/// Turns a request into a [`Call`], or the parameter error Feishu would answer.
+/// Turns a request (its body parsed as JSON, if it is JSON) into a [`Call`], or the
+/// parameter error Feishu would answer.
 pub(crate) fn parse(
     endpoint: Endpoint,
     application_id: Option<&str>,
     query: Option<&str>,
-    body: &[u8],
+    body: Option<&Value>,
 ) -> Result<Call, ApiError> {
     let fields = Fields { endpoint };
-    let obj = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(obj)) => obj,
-        _ => return Err(fields.violation("body", None, "request body must be a JSON object")),
+    let Some(obj) = body.and_then(Value::as_object) else {
+        return Err(fields.violation("body", None, "request body must be a JSON object"));
     };
     match endpoint {
         Endpoint::WithdrawOnboarding => {
-            let pre_hire_id = fields.required_str(&obj, "pre_hire_id")?;
-            let reason = fields.required_str(&obj, "withdraw_reason")?;
+            let pre_hire_id = fields.required_str(obj, "pre_hire_id")?;
+            let reason = fields.required_str(obj, "withdraw_reason")?;
             if reason.chars().count() > MAX_REASON_CHARS {
                 return Err(fields.violation(
                     "withdraw_reason",
@@ -38,7 +38,7 @@ pub(crate) fn parse(
             Ok(Call::Withdraw { pre_hire_id })
         }
         Endpoint::RestoreFlowInstance => {
-            let pre_hire_id = fields.required_str(&obj, "pre_hire_id")?;
+            let pre_hire_id = fields.required_str(obj, "pre_hire_id")?;
             let confirm_workforce = match obj.get("confirm_workforce") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
@@ -63,8 +63,8 @@ pub(crate) fn parse(
                     return Err(fields.violation("user_id_type", Some(t), description));
                 }
             }
-            let offboarding_id = fields.required_str(&obj, "offboarding_id")?;
-            fields.optional_str(&obj, "operator_id")?;
+            let offboarding_id = fields.required_str(obj, "offboarding_id")?;
+            fields.optional_str(obj, "operator_id")?;
             Ok(Call::Revoke { offboarding_id })
         }
         Endpoint::CancelOnboard => {
@@ -96,7 +96,7 @@ pub(crate) fn parse(
                     ));
                 }
             };
-            fields.optional_str(&obj, "termination_reason_notes")?;
+            fields.optional_str(obj, "termination_reason_notes")?;
             Ok(Call::Cancel {
                 application_id: application_id.unwrap_or_default().to_string(),
                 reason_ids,

@@ -108,7 +108,6 @@ pub(crate) async fn serve(
                 application_id: app_id,
                 query: parts.uri.query(),
                 authorization: authorization.as_deref(),
-                body: &body,
                 json: json.as_ref(),
             };
             handle(&shared, req).await
@@ -135,7 +134,6 @@ struct FeishuRequest<'a> {
     application_id: Option<String>,
     query: Option<&'a str>,
     authorization: Option<&'a str>,
-    body: &'a [u8],
     json: Option<&'a Value>,
 }
 
@@ -224,7 +222,7 @@ async fn business(shared: &Shared, req: &FeishuRequest<'_>) -> (Reply, Option<St
     if let Err(refusal) = admitted {
         return (rate_limited(refusal, endpoint), tenant);
     }
-    let parsed = params::parse(endpoint, req.application_id.as_deref(), req.query, req.body);
+    let parsed = params::parse(endpoint, req.application_id.as_deref(), req.query, req.json);
     let result = match parsed {
         Ok(call) => run(shared, &call).await,
         Err(e) => Err(e),
