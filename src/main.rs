@@ -2,10 +2,15 @@
 //! `sandbox` (the simulator alone, for benchmarks and SDK checks).
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use feishu_gateway::{app, config::Settings};
+use feishu_gateway::{
+    app,
+    config::{AppCredentials, Settings},
+    sandbox::{self, Sandbox, SandboxConfig},
+};
+use secrecy::SecretString;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +34,21 @@ enum Command {
         #[arg(long)]
         sandbox: bool,
     },
+    /// Run only the Feishu sandbox (the simulator), e.g. for benchmarks or SDK checks.
+    Sandbox {
+        /// Address to listen on (port 0 picks a free port; the line printed names it).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Turn off the documented frequency limits.
+        #[arg(long)]
+        no_limits: bool,
+        /// Lifetime of the tokens it issues, in seconds.
+        #[arg(long, default_value_t = 7200)]
+        token_ttl_secs: u64,
+        /// Load the demo records.
+        #[arg(long)]
+        demo: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +67,27 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config, sandbox } => serve(config, sandbox).await,
+            Command::Sandbox {
+                listen,
+                no_limits,
+                token_ttl_secs,
+                demo,
+            } => {
+                if !listen.ip().is_loopback() {
+                    return Err("the sandbox listens only on loopback addresses".into());
+                }
+                let ttl = Duration::from_secs(token_ttl_secs.max(1));
+                let config = SandboxConfig {
+                    rate_limits: !no_limits,
+                    token_ttl: ttl,
+                    token_reuse_below: SandboxConfig::default().token_reuse_below.min(ttl / 4),
+                    seed_demo: demo,
+                    ..SandboxConfig::default()
+                };
+                sandbox::run_standalone(config, listen)
+                    .await
+                    .map_err(Into::into)
+            }
         }
     });
     match result {
@@ -64,9 +105,24 @@ async fn serve(
     sandbox: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut settings = Settings::load(config.as_deref())?;
+    // The sandbox lives as long as this function: it is dropped after draining.
+    let mut _sandbox = None;
     let credentials = if sandbox {
-        let _ = &mut settings;
-        return Err("--sandbox is not available yet".into());
+        let config = SandboxConfig {
+            seed_demo: true,
+            ..SandboxConfig::default()
+        };
+        let handle = Sandbox::start(config.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        settings.feishu.base_url = handle.base_url();
+        tracing::warn!(
+            sandbox = %handle.base_url(),
+            "SANDBOX MODE: calls go to an in-process Feishu simulator seeded with demo records, not to Feishu"
+        );
+        _sandbox = Some(handle);
+        AppCredentials {
+            app_id: config.app_id,
+            app_secret: SecretString::from(config.app_secret),
+        }
     } else {
         settings.credentials()?
     };

@@ -5,7 +5,9 @@ mod common;
 
 use feishu_gateway::{
     pb::feishu::{
-        corehr::v2::{RestoreFlowInstanceRequest, RevokeRequest, UserIdType, WithdrawOnboardingRequest},
+        corehr::v2::{
+            RestoreFlowInstanceRequest, RevokeRequest, UserIdType, WithdrawOnboardingRequest,
+        },
         hire::v1::{CancelOnboardRequest, TerminationType},
     },
     sandbox::{demo, PreHire, PreHireStage},
@@ -30,9 +32,18 @@ async fn withdraw_then_restore_a_pre_hire() {
         })
         .await
         .expect("withdraw succeeds");
-    let log_id = response.metadata().get("x-tt-logid").expect("log id in metadata").to_str().unwrap().to_owned();
+    let log_id = response
+        .metadata()
+        .get("x-tt-logid")
+        .expect("log id in metadata")
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(response.into_inner().success);
-    assert_eq!(h.sandbox.pre_hire(demo::PRE_HIRE_READY).unwrap().stage, PreHireStage::Withdrawn);
+    assert_eq!(
+        h.sandbox.pre_hire(demo::PRE_HIRE_READY).unwrap().stage,
+        PreHireStage::Withdrawn
+    );
 
     let sent = h.business_requests();
     assert_eq!(sent.len(), 1);
@@ -41,7 +52,10 @@ async fn withdraw_then_restore_a_pre_hire() {
     assert_eq!(r.path, "/open-apis/corehr/v2/pre_hires/withdraw_onboarding");
     assert_eq!(r.query, None);
     assert_bearer(r.authorization.as_deref());
-    assert_eq!(r.content_type.as_deref(), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/json; charset=utf-8")
+    );
     assert_eq!(
         r.json,
         Some(json!({"pre_hire_id": demo::PRE_HIRE_READY, "withdraw_reason": "候选人放弃入职"}))
@@ -59,9 +73,18 @@ async fn withdraw_then_restore_a_pre_hire() {
         .expect("restore succeeds");
     assert!(response.into_inner().success);
     let sent = h.business_requests();
-    assert_eq!(sent[1].path, "/open-apis/corehr/v2/pre_hires/restore_flow_instance");
-    assert_eq!(sent[1].json, Some(json!({"pre_hire_id": demo::PRE_HIRE_READY})));
-    assert_ne!(h.sandbox.pre_hire(demo::PRE_HIRE_READY).unwrap().stage, PreHireStage::Withdrawn);
+    assert_eq!(
+        sent[1].path,
+        "/open-apis/corehr/v2/pre_hires/restore_flow_instance"
+    );
+    assert_eq!(
+        sent[1].json,
+        Some(json!({"pre_hire_id": demo::PRE_HIRE_READY}))
+    );
+    assert_ne!(
+        h.sandbox.pre_hire(demo::PRE_HIRE_READY).unwrap().stage,
+        PreHireStage::Withdrawn
+    );
 }
 
 #[tokio::test]
@@ -98,13 +121,17 @@ async fn revoke_an_offboarding_with_each_user_id_type() {
         (UserIdType::OpenId, Some("user_id_type=open_id")),
         (UserIdType::UnionId, Some("user_id_type=union_id")),
         (UserIdType::UserId, Some("user_id_type=user_id")),
-        (UserIdType::PeopleCoreHrId, Some("user_id_type=people_corehr_id")),
+        (
+            UserIdType::PeopleCoreHrId,
+            Some("user_id_type=people_corehr_id"),
+        ),
     ]
     .into_iter()
     .enumerate()
     {
         let id = format!("70956717276984786{n:02}");
-        h.sandbox.add_offboarding(&id, feishu_gateway::sandbox::Offboarding::default());
+        h.sandbox
+            .add_offboarding(&id, feishu_gateway::sandbox::Offboarding::default());
         h.offboarding()
             .revoke(RevokeRequest {
                 offboarding_id: id.clone(),
@@ -117,7 +144,10 @@ async fn revoke_an_offboarding_with_each_user_id_type() {
         assert_eq!(r.path, "/open-apis/corehr/v2/offboardings/revoke");
         assert_eq!(r.query.as_deref(), query);
         assert_bearer(r.authorization.as_deref());
-        assert_eq!(r.json, Some(json!({"offboarding_id": id, "operator_id": "6982509313466189341"})));
+        assert_eq!(
+            r.json,
+            Some(json!({"offboarding_id": id, "operator_id": "6982509313466189341"}))
+        );
     }
 }
 
@@ -134,7 +164,13 @@ async fn cancel_onboard_puts_the_application_in_the_path_and_the_type_as_a_numbe
         .await
         .expect("cancel succeeds");
     let r = h.business_requests().pop().unwrap();
-    assert_eq!(r.path, format!("/open-apis/hire/v1/applications/{}/cancel_onboard", demo::APPLICATION));
+    assert_eq!(
+        r.path,
+        format!(
+            "/open-apis/hire/v1/applications/{}/cancel_onboard",
+            demo::APPLICATION
+        )
+    );
     assert_bearer(r.authorization.as_deref());
     assert_eq!(
         r.json,
@@ -168,7 +204,14 @@ async fn bad_input_is_refused_before_anything_reaches_feishu() {
         .iter()
         .map(|v| v.field.clone())
         .collect();
-    assert_eq!(fields, ["application_id", "termination_type", "termination_reason_id_list[0]"]);
+    assert_eq!(
+        fields,
+        [
+            "application_id",
+            "termination_type",
+            "termination_reason_id_list[0]"
+        ]
+    );
 
     let err = h
         .pre_hire()
@@ -187,8 +230,19 @@ async fn bad_input_is_refused_before_anything_reaches_feishu() {
         })
         .await
         .expect("500 characters are allowed");
-    assert_eq!(h.business_requests().len(), 1, "only the valid call was sent");
-    assert_eq!(h.sandbox.requests().iter().filter(|r| r.path.contains("..")).count(), 0);
+    assert_eq!(
+        h.business_requests().len(),
+        1,
+        "only the valid call was sent"
+    );
+    assert_eq!(
+        h.sandbox
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains(".."))
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]

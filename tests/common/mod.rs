@@ -19,7 +19,8 @@ use feishu_gateway::{
 use secrecy::SecretString;
 use tonic::transport::Channel;
 
-pub const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+pub const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 pub struct Harness {
     pub sandbox: SandboxHandle,
@@ -41,7 +42,9 @@ pub async fn start() -> Harness {
 }
 
 pub async fn start_with(config: SandboxConfig, tweak: impl FnOnce(&mut Settings)) -> Harness {
-    let sandbox = Sandbox::start(config.clone(), LOOPBACK).await.expect("sandbox starts");
+    let sandbox = Sandbox::start(config.clone(), LOOPBACK)
+        .await
+        .expect("sandbox starts");
     let mut settings = Settings::default();
     settings.gateway.listen = LOOPBACK;
     settings.gateway.admin_listen = LOOPBACK;
@@ -51,7 +54,9 @@ pub async fn start_with(config: SandboxConfig, tweak: impl FnOnce(&mut Settings)
         app_id: config.app_id.clone(),
         app_secret: SecretString::from(config.app_secret.clone()),
     };
-    let gateway = app::start(&settings, credentials).await.expect("gateway starts");
+    let gateway = app::start(&settings, credentials)
+        .await
+        .expect("gateway starts");
     let channel = Channel::from_shared(format!("http://{}", gateway.grpc_addr))
         .expect("uri")
         .connect()
