@@ -76,7 +76,20 @@ pub fn interpret_envelope<T: DeserializeOwned>(
     subject: impl FnOnce() -> String,
     answer: RawAnswer,
 ) -> Result<Envelope<T>, Error> {
-    let envelope: Envelope<T> = match serde_json::from_slice(&answer.body) {
+    // serde_json skips unknown fields without checking their bytes; Feishu
+    // always sends UTF-8, so anything else is a corrupted answer.
+    let text = match std::str::from_utf8(&answer.body) {
+        Ok(text) => text,
+        Err(_) => {
+            return Err(malformed(
+                endpoint,
+                &answer,
+                &format!("HTTP {} with a body that is not UTF-8", answer.status),
+            )
+            .into())
+        }
+    };
+    let envelope: Envelope<T> = match serde_json::from_str(text) {
         Ok(env) => env,
         Err(e) => return Err(not_feishu_json(endpoint, &answer, &e)),
     };
@@ -238,6 +251,41 @@ mod tests {
                     assert!(f.detail.contains(needle), "{}", f.detail);
                 }
                 other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    /// Property: whatever bytes arrive, `interpret` never panics and is OK only
+    /// for a 2xx answer that really is Feishu JSON with code 0.
+    #[test]
+    fn arbitrary_bodies_never_panic_and_are_ok_only_when_truly_ok() {
+        let valid = br#"{"code":0,"msg":"success","data":{"success":true}}"#;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut bodies: Vec<Vec<u8>> = (0..=valid.len()).map(|n| valid[..n].to_vec()).collect();
+        for _ in 0..5_000 {
+            let len = rng.usize(0..64);
+            bodies.push((0..len).map(|_| rng.u8(..)).collect());
+            let mut flipped = valid.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let i = rng.usize(..flipped.len());
+                flipped[i] = rng.u8(..);
+            }
+            bodies.push(flipped);
+        }
+        for body in bodies {
+            for status in [200u16, 400, 429, 500] {
+                let a = RawAnswer {
+                    status,
+                    log_id: None,
+                    ratelimit_limit: None,
+                    ratelimit_reset: None,
+                    body: bytes::Bytes::from(body.clone()),
+                };
+                if interpret::<Data>("ep", String::new, a).is_ok() {
+                    let text = std::str::from_utf8(&body).expect("OK only for UTF-8");
+                    assert!(text.contains(r#""code":0"#), "{text}");
+                    assert_eq!(status, 200);
+                }
             }
         }
     }

@@ -63,13 +63,21 @@ pub fn read(metadata: &MetadataMap) -> (CallContext, Locale) {
     let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
     let deadline = text("grpc-timeout")
         .and_then(parse_grpc_timeout)
-        .map(|d| Instant::now() + d);
+        .map(|d| Instant::now() + d - reply_margin(d));
     let ctx = CallContext {
         deadline,
         app: text(APP_HEADER).map(str::to_owned),
         tenant: text(TENANT_HEADER).map(str::to_owned),
     };
     (ctx, Locale::from_accept_language(text("accept-language")))
+}
+
+/// Time kept back from the caller's deadline so that the gateway's own
+/// status (precise, with details) reaches the caller before its timer fires.
+pub fn reply_margin(timeout: Duration) -> Duration {
+    (timeout / 20)
+        .clamp(Duration::from_millis(2), Duration::from_millis(50))
+        .min(timeout / 2)
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
