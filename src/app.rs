@@ -14,16 +14,13 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use crate::{
     admin,
     catalog::Window,
-    config::{AppCredentials, Settings},
+    config::{AppCredentials, Settings, DEFAULT_APP},
     gateway::Gateway,
     grpc::{self, server::Limits, Services},
     quota::{LimitTable, Limiter},
     token::TokenManager,
     upstream::Upstream,
 };
-
-/// Name of the app configured by `FEISHU_APP_ID` (what `x-feishu-app` selects by default).
-pub const DEFAULT_APP: &str = "default";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,7 +38,12 @@ pub struct Running {
 }
 
 /// Builds the gateway and starts serving on the configured addresses.
-pub async fn start(settings: &Settings, app: AppCredentials) -> Result<Running, BoxError> {
+/// `apps` maps the names callers use in `x-feishu-app` to credentials;
+/// it must contain [`DEFAULT_APP`].
+pub async fn start(
+    settings: &Settings,
+    apps: Vec<(String, AppCredentials)>,
+) -> Result<Running, BoxError> {
     let upstream = Upstream::new(
         &settings.feishu.base_url,
         settings.request_timeout(),
@@ -49,7 +51,13 @@ pub async fn start(settings: &Settings, app: AppCredentials) -> Result<Running, 
     )?;
     let default_app: Arc<str> = Arc::from(DEFAULT_APP);
     let max_wait = Duration::from_millis(settings.gateway.max_quota_wait_ms);
-    let tokens = TokenManager::new(upstream.clone(), [(default_app.clone(), app)], max_wait);
+    if !apps.iter().any(|(name, _)| name == DEFAULT_APP) {
+        return Err(format!("no {DEFAULT_APP:?} app is configured").into());
+    }
+    let apps = apps
+        .into_iter()
+        .map(|(name, creds)| (Arc::from(name), creds));
+    let tokens = TokenManager::new(upstream.clone(), apps, max_wait);
     let limits = LimitTable::new(
         HashMap::new(),
         vec![Window::per_minute(

@@ -42,6 +42,32 @@ pub struct FeishuSettings {
     pub request_timeout_ms: u64,
     /// Bound on opening a connection to Feishu.
     pub connect_timeout_ms: u64,
+    /// More apps, selected by callers with `x-feishu-app` metadata (TOML only).
+    pub apps: Vec<AppSettings>,
+}
+
+/// How an app obtains its tenant tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppKind {
+    /// A self-built app (企业自建应用): `tenant_access_token/internal` with the secret.
+    #[default]
+    SelfBuilt,
+    /// A store app (商店应用): app_ticket → app_access_token → a tenant token per `tenant_key`.
+    Store,
+}
+
+/// One more app the gateway may act as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// The name callers put in `x-feishu-app`.
+    pub name: String,
+    pub app_id: String,
+    pub app_secret: Option<SecretString>,
+    pub app_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub kind: AppKind,
 }
 
 impl Default for FeishuSettings {
@@ -53,6 +79,7 @@ impl Default for FeishuSettings {
             app_secret_file: None,
             request_timeout_ms: 10_000,
             connect_timeout_ms: 2_000,
+            apps: Vec::new(),
         }
     }
 }
@@ -121,7 +148,22 @@ pub struct ConfigError(String);
 pub struct AppCredentials {
     pub app_id: String,
     pub app_secret: SecretString,
+    pub kind: AppKind,
 }
+
+impl AppCredentials {
+    /// A self-built app's credentials.
+    pub fn self_built(app_id: impl Into<String>, app_secret: impl Into<String>) -> Self {
+        Self {
+            app_id: app_id.into(),
+            app_secret: SecretString::from(app_secret.into()),
+            kind: AppKind::SelfBuilt,
+        }
+    }
+}
+
+/// The name of the app configured by `FEISHU_APP_ID` (the one used without `x-feishu-app`).
+pub const DEFAULT_APP: &str = "default";
 
 impl Settings {
     /// Reads the optional TOML file, then the environment on top of it.
@@ -181,46 +223,85 @@ impl Settings {
 
     /// The app credentials, required unless the gateway runs against its sandbox.
     pub fn credentials(&self) -> Result<AppCredentials, ConfigError> {
-        let app_id = match self.feishu.app_id.as_deref().map(str::trim) {
-            Some(id) if !id.is_empty() => id.to_owned(),
-            _ => {
-                return Err(ConfigError(
-                    "FEISHU_APP_ID (feishu.app_id) is not set".into(),
-                ))
+        let f = &self.feishu;
+        read_app(
+            (
+                "FEISHU_APP_ID (feishu.app_id)",
+                "FEISHU_APP_SECRET or FEISHU_APP_SECRET_FILE (feishu.app_secret)",
+            ),
+            f.app_id.as_deref(),
+            f.app_secret.as_ref(),
+            f.app_secret_file.as_deref(),
+            AppKind::SelfBuilt,
+        )
+    }
+
+    /// Every app by name: the default app first, then `[[feishu.apps]]`.
+    pub fn apps(
+        &self,
+        default: AppCredentials,
+    ) -> Result<Vec<(String, AppCredentials)>, ConfigError> {
+        let mut apps = vec![(DEFAULT_APP.to_owned(), default)];
+        for (i, a) in self.feishu.apps.iter().enumerate() {
+            let name = a.name.trim();
+            if name.is_empty() || apps.iter().any(|(n, _)| n == name) {
+                return Err(ConfigError(format!(
+                    "feishu.apps[{i}].name must be non-empty and unique, got {name:?}"
+                )));
             }
-        };
-        let secret =
-            match (&self.feishu.app_secret, &self.feishu.app_secret_file) {
-                (Some(secret), _) => secret.clone(),
-                (None, Some(path)) => std::fs::read_to_string(path)
-                    .map(|s| SecretString::from(s.trim().to_owned()))
-                    .map_err(|e| {
-                        ConfigError(format!(
-                            "FEISHU_APP_SECRET_FILE (feishu.app_secret_file) {} cannot be read: {}",
-                            path.display(),
-                            e.kind()
-                        ))
-                    })?,
-                (None, None) => return Err(ConfigError(
-                    "FEISHU_APP_SECRET or FEISHU_APP_SECRET_FILE (feishu.app_secret) is not set"
-                        .into(),
-                )),
-            };
-        if secret.expose_secret().is_empty() {
-            return Err(ConfigError(
-                "FEISHU_APP_SECRET (feishu.app_secret) is empty".into(),
-            ));
+            let id_key = format!("feishu.apps[{i}].app_id");
+            let secret_key = format!("feishu.apps[{i}].app_secret");
+            let creds = read_app(
+                (&id_key, &secret_key),
+                Some(&a.app_id),
+                a.app_secret.as_ref(),
+                a.app_secret_file.as_deref(),
+                a.kind,
+            )?;
+            apps.push((name.to_owned(), creds));
         }
-        Ok(AppCredentials {
-            app_id,
-            app_secret: secret,
-        })
+        Ok(apps)
     }
 
     /// Bound on one upstream exchange.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.feishu.request_timeout_ms)
     }
+}
+
+/// Checks one app's ID and secret (from the value or the file), naming the setting on failure.
+fn read_app(
+    (id_key, secret_key): (&str, &str),
+    app_id: Option<&str>,
+    secret: Option<&SecretString>,
+    secret_file: Option<&std::path::Path>,
+    kind: AppKind,
+) -> Result<AppCredentials, ConfigError> {
+    let app_id = match app_id.map(str::trim) {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => return Err(ConfigError(format!("{id_key} is not set"))),
+    };
+    let secret = match (secret, secret_file) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| SecretString::from(s.trim().to_owned()))
+            .map_err(|e| {
+                ConfigError(format!(
+                    "{secret_key} file {} cannot be read: {}",
+                    path.display(),
+                    e.kind()
+                ))
+            })?,
+        (None, None) => return Err(ConfigError(format!("{secret_key} is not set"))),
+    };
+    if secret.expose_secret().trim().is_empty() {
+        return Err(ConfigError(format!("{secret_key} is empty")));
+    }
+    Ok(AppCredentials {
+        app_id,
+        app_secret: secret,
+        kind,
+    })
 }
 
 /// Plain HTTP is allowed only where no network is crossed (the sandbox, tests).

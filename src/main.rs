@@ -7,10 +7,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use feishu_gateway::{
     app,
-    config::{AppCredentials, Settings},
+    config::{AppCredentials, Settings, DEFAULT_APP},
     sandbox::{self, Sandbox, SandboxConfig},
 };
-use secrecy::SecretString;
 
 #[derive(Parser)]
 #[command(
@@ -119,12 +118,12 @@ async fn serve(
             "SANDBOX MODE: calls go to an in-process Feishu simulator seeded with demo records, not to Feishu"
         );
         _sandbox = Some(handle);
-        AppCredentials {
-            app_id: config.app_id,
-            app_secret: SecretString::from(config.app_secret),
-        }
+        vec![(
+            DEFAULT_APP.to_owned(),
+            AppCredentials::self_built(config.app_id, config.app_secret),
+        )]
     } else {
-        settings.credentials()?
+        settings.apps(settings.credentials()?)?
     };
     let running = app::start(&settings, credentials).await?;
     shutdown_signal().await;

@@ -218,10 +218,10 @@ async fn feishu_unreachable_is_unavailable_and_says_nothing_was_sent() {
     settings.feishu.base_url = format!("http://{closed}");
     let gw = feishu_gateway::app::start(
         &settings,
-        feishu_gateway::config::AppCredentials {
-            app_id: "cli_x".into(),
-            app_secret: "s".to_owned().into(),
-        },
+        vec![(
+            feishu_gateway::config::DEFAULT_APP.to_owned(),
+            feishu_gateway::config::AppCredentials::self_built("cli_x", "s"),
+        )],
     )
     .await
     .unwrap();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use feishu_gateway::{
     app::{self, Running},
-    config::{AppCredentials, Settings},
+    config::{AppCredentials, Settings, DEFAULT_APP},
     pb::feishu::{
         corehr::v2::{
             offboarding_service_client::OffboardingServiceClient,
@@ -16,7 +16,6 @@ use feishu_gateway::{
     },
     sandbox::{Sandbox, SandboxConfig, SandboxHandle},
 };
-use secrecy::SecretString;
 use tonic::transport::Channel;
 
 pub const LOOPBACK: SocketAddr =
@@ -50,11 +49,8 @@ pub async fn start_with(config: SandboxConfig, tweak: impl FnOnce(&mut Settings)
     settings.gateway.admin_listen = LOOPBACK;
     settings.feishu.base_url = sandbox.base_url();
     tweak(&mut settings);
-    let credentials = AppCredentials {
-        app_id: config.app_id.clone(),
-        app_secret: SecretString::from(config.app_secret.clone()),
-    };
-    let gateway = app::start(&settings, credentials)
+    let credentials = AppCredentials::self_built(config.app_id.clone(), config.app_secret.clone());
+    let gateway = app::start(&settings, vec![(DEFAULT_APP.to_owned(), credentials)])
         .await
         .expect("gateway starts");
     let channel = Channel::from_shared(format!("http://{}", gateway.grpc_addr))
