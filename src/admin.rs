@@ -33,6 +33,11 @@ pub fn router(state: AdminState) -> Router {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if state.gateway.limiter().degraded() == Some(true) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis unreachable: throttling on this replica's local share of each limit\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }
@@ -97,6 +102,25 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         "",
         get(&q.upstream_rate_limited),
     );
+    counter(
+        "feishu_gateway_quota_fallback_admitted_total",
+        "Slots taken from the local share while Redis was unreachable.",
+        "",
+        get(&q.fallback_admitted),
+    );
+    counter(
+        "feishu_gateway_quota_redis_errors_total",
+        "Failed calls to the shared quota in Redis.",
+        "",
+        get(&q.redis_errors),
+    );
+    if let Some(degraded) = state.gateway.limiter().degraded() {
+        let _ = writeln!(
+            out,
+            "# HELP feishu_gateway_quota_degraded 1 while Redis is unreachable and the local share throttles.\n# TYPE feishu_gateway_quota_degraded gauge\nfeishu_gateway_quota_degraded {}",
+            u8::from(degraded)
+        );
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

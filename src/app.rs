@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use secrecy::ExposeSecret;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic_health::{server::HealthReporter, ServingStatus};
 
@@ -58,13 +59,38 @@ pub async fn start(
         .into_iter()
         .map(|(name, creds)| (Arc::from(name), creds));
     let tokens = TokenManager::new(upstream.clone(), apps, max_wait);
+    let overrides: HashMap<String, Vec<Window>> = settings
+        .gateway
+        .limits
+        .iter()
+        .map(|(name, windows)| {
+            let windows = windows
+                .iter()
+                .map(|w| Window {
+                    limit: w.limit,
+                    per: Duration::from_millis(w.per_ms),
+                })
+                .collect();
+            (name.clone(), windows)
+        })
+        .collect();
     let limits = LimitTable::new(
-        HashMap::new(),
+        overrides,
         vec![Window::per_minute(
             settings.gateway.default_limit_per_minute,
         )],
     );
-    let limiter = Limiter::new(limits, max_wait, settings.gateway.max_queue_per_key);
+    let max_queue = settings.gateway.max_queue_per_key;
+    let limiter = match &settings.gateway.redis_url {
+        Some(url) => Limiter::shared(
+            limits,
+            max_wait,
+            max_queue,
+            url.expose_secret().to_owned(),
+            settings.gateway.replicas,
+        ),
+        None => Limiter::new(limits, max_wait, max_queue),
+    };
     let gateway = Gateway::new(upstream, tokens, limiter, default_app);
 
     let grpc_listener = TcpListener::bind(settings.gateway.listen)

@@ -102,6 +102,21 @@ pub struct GatewaySettings {
     pub default_limit_per_minute: u32,
     /// Time allowed for in-flight calls to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// Redis shared by all replicas for the quota (`GATEWAY_REDIS_URL`); in-process when unset.
+    pub redis_url: Option<SecretString>,
+    /// Replicas sharing the quota: each takes 1/replicas of a limit while Redis is unreachable.
+    pub replicas: u32,
+    /// Limits that replace the documented ones, by endpoint name (TOML only), e.g.
+    /// `"hire.v1.applications.cancel_onboard" = [{ limit = 10, per_ms = 1000 }]`.
+    pub limits: std::collections::HashMap<String, Vec<WindowSetting>>,
+}
+
+/// One limit window in configuration.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSetting {
+    pub limit: u32,
+    pub per_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -114,6 +129,9 @@ impl Default for GatewaySettings {
             max_queue_per_key: 1_000,
             default_limit_per_minute: 1_000,
             shutdown_grace_ms: 20_000,
+            redis_url: None,
+            replicas: 1,
+            limits: std::collections::HashMap::new(),
         }
     }
 }
@@ -136,6 +154,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "gateway.default_limit_per_minute",
     ),
     ("GATEWAY_SHUTDOWN_GRACE_MS", "gateway.shutdown_grace_ms"),
+    ("GATEWAY_REDIS_URL", "gateway.redis_url"),
+    ("GATEWAY_REPLICAS", "gateway.replicas"),
 ];
 
 /// A setting that is missing or wrong; its `Display` is the one line printed at start-up.
@@ -212,6 +232,24 @@ impl Settings {
             "http" if is_loopback(&url) => {}
             "http" => return Err(bad("must use https unless it is a loopback address")),
             _ => return Err(bad("must be http(s)")),
+        }
+        for (name, windows) in &self.gateway.limits {
+            if crate::catalog::by_name(name).is_none() {
+                return Err(ConfigError(format!(
+                    "gateway.limits names an unknown endpoint {name:?}"
+                )));
+            }
+            if windows.is_empty() || windows.iter().any(|w| w.limit == 0 || w.per_ms == 0) {
+                return Err(ConfigError(format!(
+                    "gateway.limits.{name:?} needs windows with limit > 0 and per_ms > 0"
+                )));
+            }
+        }
+        if self.gateway.default_limit_per_minute == 0 || self.gateway.replicas == 0 {
+            return Err(ConfigError(
+                "GATEWAY_DEFAULT_LIMIT_PER_MINUTE and GATEWAY_REPLICAS must be greater than zero"
+                    .into(),
+            ));
         }
         if self.feishu.request_timeout_ms == 0 || self.gateway.max_request_bytes == 0 {
             return Err(ConfigError(

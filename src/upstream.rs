@@ -34,6 +34,8 @@ pub struct Upstream {
     client: reqwest::Client,
     base_url: String,
     timeout: Duration,
+    /// Moving average of answered exchanges, in µs (see [`Upstream::typical_latency`]).
+    latency_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Upstream {
@@ -55,7 +57,30 @@ impl Upstream {
             client,
             base_url: base_url.to_owned(),
             timeout,
+            latency_micros: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// How long an exchange with Feishu usually takes (an moving average with
+    /// weight 1/8). The limiter keeps this much before a caller's deadline: a
+    /// slot so late that the answer cannot arrive in time would be wasted.
+    pub fn typical_latency(&self) -> Duration {
+        Duration::from_micros(
+            self.latency_micros
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    fn record_latency(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.latency_micros.load(Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.latency_micros.store(new, Relaxed);
     }
 
     /// Sends one POST. Never retries: the caller decides, knowing the fault.
@@ -111,17 +136,20 @@ impl Upstream {
                 format!("no answer within {budget:?}"),
             )),
             Ok(Err(e)) => Err(classify(&e, fault)),
-            Ok(Ok((status, headers, body))) => Ok(RawAnswer {
-                status,
-                log_id: header_str(&headers, LOG_ID_HEADER).map(str::to_owned),
-                ratelimit_limit: header_str(&headers, "x-ogw-ratelimit-limit")
-                    .and_then(|v| v.trim().parse().ok()),
-                ratelimit_reset: header_str(&headers, "x-ogw-ratelimit-reset")
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
-                    .map(Duration::from_secs_f64),
-                body,
-            }),
+            Ok(Ok((status, headers, body))) => {
+                self.record_latency(now.elapsed());
+                Ok(RawAnswer {
+                    status,
+                    log_id: header_str(&headers, LOG_ID_HEADER).map(str::to_owned),
+                    ratelimit_limit: header_str(&headers, "x-ogw-ratelimit-limit")
+                        .and_then(|v| v.trim().parse().ok()),
+                    ratelimit_reset: header_str(&headers, "x-ogw-ratelimit-reset")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
+                        .map(Duration::from_secs_f64),
+                    body,
+                })
+            }
         }
     }
 }

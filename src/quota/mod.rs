@@ -4,6 +4,12 @@
 //! ([`sliding_log`]). A call reserves the earliest slot its deadline allows
 //! and sleeps until then, in arrival order; a call whose deadline comes
 //! first is refused at once with the exact wait.
+//!
+//! With Redis configured, the log lives in Redis and every replica reserves
+//! from it with one atomic script ([`redis`]). When Redis cannot be reached,
+//! each replica falls back to an in-process log holding its share of the
+//! limit (limit / replicas) — throttled more tightly, never unthrottled —
+//! and tries Redis again a moment later.
 
 pub mod redis;
 pub mod sliding_log;
@@ -11,7 +17,7 @@ pub mod sliding_log;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -23,7 +29,11 @@ use crate::{
     catalog::{Endpoint, Window},
     error::Throttled,
 };
-use sliding_log::SlidingLog;
+use redis::RedisQuota;
+use sliding_log::{Refusal, SlidingLog};
+
+/// How long a replica keeps to its local share after Redis failed before trying Redis again.
+const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Which quota a call spends.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,6 +51,10 @@ pub struct QuotaStats {
     pub waited_micros: AtomicU64,
     pub refused: AtomicU64,
     pub upstream_rate_limited: AtomicU64,
+    /// Reservations made from the local share because Redis was unreachable.
+    pub fallback_admitted: AtomicU64,
+    /// Redis calls that failed.
+    pub redis_errors: AtomicU64,
 }
 
 /// The limits in force: documented ones, overridden by configuration.
@@ -80,10 +94,75 @@ struct Inner {
     max_wait: Duration,
     max_queue: usize,
     stats: QuotaStats,
+    shared: Option<Shared>,
+}
+
+/// The Redis side: the connection (once made) and the fallback state.
+struct Shared {
+    redis: Mutex<Option<RedisQuota>>,
+    /// Replicas sharing the quota: the local fallback takes 1/replicas of each limit.
+    replicas: u32,
+    /// Until when Redis is skipped after a failure.
+    skip_until: Mutex<Option<Instant>>,
+    degraded: AtomicBool,
 }
 
 impl Limiter {
+    /// An in-process limiter (one replica owns the whole quota).
     pub fn new(table: LimitTable, max_wait: Duration, max_queue: usize) -> Self {
+        Self::build(table, max_wait, max_queue, None)
+    }
+
+    /// A limiter sharing the quota of `replicas` replicas through Redis at `url`.
+    /// Starts even when Redis is down (on the local share) and connects in the background.
+    pub fn shared(
+        table: LimitTable,
+        max_wait: Duration,
+        max_queue: usize,
+        url: String,
+        replicas: u32,
+    ) -> Self {
+        let limiter = Self::build(
+            table,
+            max_wait,
+            max_queue,
+            Some(Shared {
+                redis: Mutex::new(None),
+                replicas: replicas.max(1),
+                skip_until: Mutex::new(None),
+                degraded: AtomicBool::new(true),
+            }),
+        );
+        let weak = Arc::downgrade(&limiter.inner);
+        tokio::spawn(async move {
+            loop {
+                let connected = RedisQuota::connect(&url).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(shared) = &inner.shared else { return };
+                match connected {
+                    Ok(redis) => {
+                        *lock(&shared.redis) = Some(redis);
+                        shared.degraded.store(false, Ordering::Relaxed);
+                        tracing::info!("quota shared through Redis");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis unreachable; throttling on this replica's local share of each limit");
+                    }
+                }
+                drop(inner);
+                tokio::time::sleep(REDIS_RETRY_AFTER * 2).await;
+            }
+        });
+        limiter
+    }
+
+    fn build(
+        table: LimitTable,
+        max_wait: Duration,
+        max_queue: usize,
+        shared: Option<Shared>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 table,
@@ -91,8 +170,18 @@ impl Limiter {
                 max_wait,
                 max_queue,
                 stats: QuotaStats::default(),
+                shared,
             }),
         }
+    }
+
+    /// `Some(true)` when Redis is configured but not in use (the local share
+    /// throttles); `None` without Redis.
+    pub fn degraded(&self) -> Option<bool> {
+        self.inner
+            .shared
+            .as_ref()
+            .map(|s| s.degraded.load(Ordering::Relaxed))
     }
 
     pub fn stats(&self) -> &QuotaStats {
@@ -109,10 +198,47 @@ impl Limiter {
     ) -> Result<(), Throttled> {
         let now = Instant::now();
         let latest = deadline.unwrap_or(now + self.inner.max_wait);
-        let log = self.log(key, endpoint);
-        let reserved = lock(&log).reserve(now, latest);
+        let reserved = match self.redis() {
+            Some(redis) => {
+                let windows = self.inner.table.windows(endpoint);
+                let result = redis
+                    .reserve(
+                        key,
+                        &windows,
+                        latest.saturating_duration_since(now),
+                        self.inner.max_queue,
+                    )
+                    .await;
+                match result {
+                    Ok(reserved) => {
+                        self.redis_ok();
+                        Some(reserved.map(|wait| Instant::now() + wait))
+                    }
+                    Err(e) => {
+                        self.redis_failed(&e);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let reserved = match reserved {
+            Some(r) => r,
+            None => {
+                if self.inner.shared.is_some() {
+                    self.inner
+                        .stats
+                        .fallback_admitted
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let log = self.log(key, endpoint);
+                let reserved: Result<Instant, Refusal> = lock(&log).reserve(Instant::now(), latest);
+                reserved
+            }
+        };
         match reserved {
             Ok(t) => {
+                let now = Instant::now();
                 self.inner.stats.admitted.fetch_add(1, Ordering::Relaxed);
                 if t > now {
                     let waited = t - now;
@@ -150,20 +276,62 @@ impl Limiter {
             .stats
             .upstream_rate_limited
             .fetch_add(1, Ordering::Relaxed);
-        let log = self.log(key, endpoint);
-        let mut log = lock(&log);
-        // Without a reset header, one full shortest window is the safe pause.
-        let pause = reset.unwrap_or_else(|| {
-            log.windows()
-                .map(|w| w.per)
-                .min()
-                .unwrap_or(Duration::from_secs(1))
-        });
-        log.pause_until(Instant::now() + pause);
-        if let Some(limit) = limit {
-            log.lower_limit(limit);
+        // Without a reset header, one second (Feishu's shortest window) is the pause.
+        let pause = reset.unwrap_or(Duration::from_secs(1));
+        {
+            let log = self.log(key, endpoint);
+            let mut log = lock(&log);
+            log.pause_until(Instant::now() + pause);
+            if let Some(limit) = limit {
+                log.lower_limit(limit);
+            }
+        }
+        if let Some(redis) = self.redis() {
+            let (this, key) = (self.clone(), key.clone());
+            // Off the call path: the caller's answer does not wait for Redis.
+            tokio::spawn(async move {
+                let mut result = redis.pause(&key, pause).await;
+                if let (Ok(()), Some(limit)) = (&result, limit) {
+                    result = redis.lower_limit(&key, limit).await;
+                }
+                match result {
+                    Ok(()) => this.redis_ok(),
+                    Err(e) => this.redis_failed(&e),
+                }
+            });
         }
         tracing::warn!(endpoint = endpoint.name, app = %key.app, ?pause, ?limit, "Feishu rate-limited a call; pausing this key");
+    }
+
+    /// Redis, unless it is not configured, not connected, or failed a moment ago.
+    fn redis(&self) -> Option<RedisQuota> {
+        let shared = self.inner.shared.as_ref()?;
+        if lock(&shared.skip_until).is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        lock(&shared.redis).clone()
+    }
+
+    fn redis_ok(&self) {
+        if let Some(shared) = &self.inner.shared {
+            if shared.degraded.swap(false, Ordering::Relaxed) {
+                tracing::info!("Redis reachable again; the quota is shared across replicas");
+            }
+        }
+    }
+
+    fn redis_failed(&self, e: &redis::RedisQuotaError) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        self.inner
+            .stats
+            .redis_errors
+            .fetch_add(1, Ordering::Relaxed);
+        *lock(&shared.skip_until) = Some(Instant::now() + REDIS_RETRY_AFTER);
+        if !shared.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, replicas = shared.replicas, "Redis unreachable; throttling on this replica's local share of each limit");
+        }
     }
 
     fn log(&self, key: &QuotaKey, endpoint: &'static Endpoint) -> Arc<Mutex<SlidingLog>> {
@@ -171,7 +339,13 @@ impl Limiter {
         if let Some(log) = logs.get(key) {
             return log.clone();
         }
-        let windows = self.inner.table.windows(endpoint);
+        let mut windows = self.inner.table.windows(endpoint);
+        if let Some(shared) = &self.inner.shared {
+            // The local log is only the fallback: it holds this replica's share.
+            for w in &mut windows {
+                w.limit = (w.limit / shared.replicas).max(1);
+            }
+        }
         let log = Arc::new(Mutex::new(SlidingLog::new(&windows, self.inner.max_queue)));
         logs.insert(key.clone(), log.clone());
         log

@@ -2,6 +2,8 @@
 //! loopback, the real gateway on ephemeral ports, generated tonic clients.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::net::SocketAddr;
 
 use feishu_gateway::{
@@ -44,6 +46,21 @@ pub async fn start_with(config: SandboxConfig, tweak: impl FnOnce(&mut Settings)
     let sandbox = Sandbox::start(config.clone(), LOOPBACK)
         .await
         .expect("sandbox starts");
+    let (gateway, channel) = gateway_for(&sandbox, &config, tweak).await;
+    Harness {
+        sandbox,
+        gateway,
+        channel,
+        config,
+    }
+}
+
+/// One more gateway in front of an existing sandbox (several replicas, one Feishu).
+pub async fn gateway_for(
+    sandbox: &SandboxHandle,
+    config: &SandboxConfig,
+    tweak: impl FnOnce(&mut Settings),
+) -> (Running, Channel) {
     let mut settings = Settings::default();
     settings.gateway.listen = LOOPBACK;
     settings.gateway.admin_listen = LOOPBACK;
@@ -58,12 +75,17 @@ pub async fn start_with(config: SandboxConfig, tweak: impl FnOnce(&mut Settings)
         .connect()
         .await
         .expect("connect to the gateway");
-    Harness {
-        sandbox,
-        gateway,
-        channel,
-        config,
+    (gateway, channel)
+}
+
+/// The most calls in any window of length `per` among sorted `times`.
+pub fn most_in_any_window(times: &[std::time::Instant], per: std::time::Duration) -> usize {
+    let mut best = 0;
+    for (i, &start) in times.iter().enumerate() {
+        let n = times[i..].iter().take_while(|&&t| t < start + per).count();
+        best = best.max(n);
     }
+    best
 }
 
 impl Harness {
