@@ -18,6 +18,7 @@ use crate::{
     config::{AppCredentials, Settings, DEFAULT_APP},
     gateway::Gateway,
     grpc::{self, server::Limits, Services},
+    metrics::Metrics,
     quota::{LimitTable, Limiter},
     token::TokenManager,
     upstream::Upstream,
@@ -91,7 +92,8 @@ pub async fn start(
         ),
         None => Limiter::new(limits, max_wait, max_queue),
     };
-    let gateway = Gateway::new(upstream, tokens, limiter, default_app);
+    let metrics = Metrics::new().with_components(tokens.clone(), limiter.clone());
+    let gateway = Gateway::new(upstream, tokens, limiter, default_app, metrics.clone());
 
     let grpc_listener = TcpListener::bind(settings.gateway.listen)
         .await
@@ -115,6 +117,7 @@ pub async fn start(
     let draining = Arc::new(AtomicBool::new(false));
     let admin_state = admin::AdminState {
         gateway: gateway.clone(),
+        metrics: metrics.clone(),
         draining: draining.clone(),
     };
     let admin = tokio::spawn(async move {
@@ -128,7 +131,7 @@ pub async fn start(
     let limits = Limits {
         max_request_bytes: settings.gateway.max_request_bytes,
     };
-    let services = Services::new(gateway.clone());
+    let services = Services::new(gateway.clone(), metrics);
     let server_reporter = reporter.clone();
     let server = tokio::spawn(async move {
         grpc::server::serve(

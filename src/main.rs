@@ -52,7 +52,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,6 +63,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let _telemetry = feishu_gateway::telemetry::init()?;
         match cli.command {
             Command::Serve { config, sandbox } => serve(config, sandbox).await,
             Command::Sandbox {
@@ -149,15 +149,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_writer(std::io::stderr)
-        .init();
 }

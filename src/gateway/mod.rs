@@ -11,11 +11,13 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
+use tracing::{field::Empty, Instrument};
 
 use crate::{
     catalog::Endpoint,
     error::{Error, FieldViolation},
     feishu,
+    metrics::Metrics,
     quota::{Limiter, QuotaKey},
     token::{TokenKey, TokenManager},
     upstream::{Outgoing, Upstream},
@@ -43,6 +45,20 @@ pub trait Operation: Serialize + Sync {
     fn validate(&self, out: &mut Vec<FieldViolation>);
     /// The resource acted on, for error details and the audit trail.
     fn subject(&self) -> String;
+    /// What the audit trail keeps of the request: other IDs involved and the
+    /// length of its free text (never the text itself).
+    fn audit(&self) -> AuditFacts {
+        AuditFacts::default()
+    }
+}
+
+/// The audit trail's view of a request, beyond its subject.
+#[derive(Debug, Default)]
+pub struct AuditFacts {
+    /// Other IDs involved, as `kind:id` (e.g. `operator:6982509313466189341`).
+    pub related: Vec<String>,
+    /// Characters of free text (a reason or notes) the caller sent.
+    pub text_chars: Option<usize>,
 }
 
 /// Who the call acts as, and until when the caller waits.
@@ -73,6 +89,7 @@ pub struct Gateway {
     tokens: TokenManager,
     limiter: Limiter,
     default_app: Arc<str>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -81,12 +98,14 @@ impl Gateway {
         tokens: TokenManager,
         limiter: Limiter,
         default_app: Arc<str>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             upstream,
             tokens,
             limiter,
             default_app,
+            metrics,
         }
     }
 
@@ -157,6 +176,17 @@ impl Gateway {
             self.limiter
                 .acquire(&quota_key, endpoint, ctx.deadline)
                 .await?;
+            let span = tracing::info_span!(
+                "upstream",
+                otel.name = endpoint.name,
+                otel.kind = "client",
+                endpoint = endpoint.name,
+                attempt,
+                http.status_code = Empty,
+                feishu.code = Empty,
+                feishu.log_id = Empty,
+            );
+            let sent_at = Instant::now();
             let sent = self
                 .upstream
                 .post(Outgoing {
@@ -166,7 +196,16 @@ impl Gateway {
                     body: body.clone(),
                     deadline: ctx.deadline,
                 })
+                .instrument(span.clone())
                 .await;
+            let took = sent_at.elapsed();
+            if let Err(fault) = &sent {
+                self.metrics.upstream(
+                    endpoint.name,
+                    format!("{:?}", fault.kind).to_lowercase(),
+                    took,
+                );
+            }
             let raw = match sent {
                 Ok(raw) => raw,
                 // Nothing reached Feishu: trying again cannot run the write twice.
@@ -182,7 +221,19 @@ impl Gateway {
                 Err(fault) => return Err(fault.into()),
             };
             let log_id = raw.log_id.clone();
-            match feishu::interpret::<O::Output>(endpoint.name, || req.subject(), raw) {
+            span.record("http.status_code", raw.status);
+            if let Some(l) = &log_id {
+                span.record("feishu.log_id", l.as_str());
+            }
+            let answer = feishu::interpret::<O::Output>(endpoint.name, || req.subject(), raw);
+            let code = match &answer {
+                Ok(_) => 0,
+                Err(Error::Feishu(f)) => f.code,
+                Err(_) => -1,
+            };
+            span.record("feishu.code", code);
+            self.metrics.upstream(endpoint.name, code.to_string(), took);
+            match answer {
                 Ok(value) => return Ok(Answer { value, log_id }),
                 Err(Error::Feishu(f))
                     if f.is_token_rejection() && !token_retried && attempt < MAX_ATTEMPTS =>

@@ -5,7 +5,7 @@
 use crate::{
     catalog::{self, Endpoint},
     error::FieldViolation,
-    gateway::Operation,
+    gateway::{AuditFacts, Operation},
     pb::feishu::{
         corehr::v2::{
             RestoreFlowInstanceRequest, RestoreFlowInstanceResponse, RevokeRequest, RevokeResponse,
@@ -41,6 +41,13 @@ impl Operation for WithdrawOnboardingRequest {
     fn subject(&self) -> String {
         format!("pre_hires/{}", self.pre_hire_id)
     }
+
+    fn audit(&self) -> AuditFacts {
+        AuditFacts {
+            related: Vec::new(),
+            text_chars: Some(self.withdraw_reason.chars().count()),
+        }
+    }
 }
 
 impl Operation for RestoreFlowInstanceRequest {
@@ -53,6 +60,16 @@ impl Operation for RestoreFlowInstanceRequest {
 
     fn subject(&self) -> String {
         format!("pre_hires/{}", self.pre_hire_id)
+    }
+
+    fn audit(&self) -> AuditFacts {
+        AuditFacts {
+            related: self
+                .confirm_workforce
+                .map(|c| vec![format!("confirm_workforce:{c}")])
+                .unwrap_or_default(),
+            text_chars: None,
+        }
     }
 }
 
@@ -86,6 +103,17 @@ impl Operation for RevokeRequest {
 
     fn subject(&self) -> String {
         format!("offboardings/{}", self.offboarding_id)
+    }
+
+    fn audit(&self) -> AuditFacts {
+        AuditFacts {
+            related: self
+                .operator_id
+                .iter()
+                .map(|o| format!("operator:{o}"))
+                .collect(),
+            text_chars: None,
+        }
     }
 }
 
@@ -135,6 +163,22 @@ impl Operation for CancelOnboardRequest {
 
     fn subject(&self) -> String {
         format!("applications/{}", self.application_id)
+    }
+
+    fn audit(&self) -> AuditFacts {
+        let mut related = vec![format!("termination_type:{}", self.termination_type)];
+        related.extend(
+            self.termination_reason_id_list
+                .iter()
+                .map(|r| format!("termination_reason:{r}")),
+        );
+        AuditFacts {
+            related,
+            text_chars: self
+                .termination_reason_notes
+                .as_ref()
+                .map(|n| n.chars().count()),
+        }
     }
 }
 

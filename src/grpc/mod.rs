@@ -1,46 +1,131 @@
 //! The gRPC edge: thin services that read the caller's metadata, hand the
 //! request to the gateway, and turn the result into a response or a status.
+//! Each call gets a span (continuing the caller's W3C trace), RPC metrics,
+//! and — every call here changes state in Feishu — one audit record.
 
 pub mod context;
 pub mod server;
 pub mod status;
 
-use tonic::{Request, Response, Status};
+use std::{sync::Arc, time::Instant};
+
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
+use tracing::{field::Empty, Instrument};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     gateway::{Gateway, Operation},
+    metrics::Metrics,
     pb::feishu::{corehr::v2 as corehr, hire::v1 as hire},
+    telemetry,
     upstream::LOG_ID_HEADER,
 };
+
+/// Who called, as the audit trail and traces name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerIdentity(pub Arc<str>);
 
 /// Implements the three generated service traits over one gateway.
 #[derive(Clone)]
 pub struct Services {
     gateway: Gateway,
+    metrics: Arc<Metrics>,
 }
 
 impl Services {
-    pub fn new(gateway: Gateway) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Self {
+        Self { gateway, metrics }
     }
 
-    async fn handle<O>(&self, request: Request<O>) -> Result<Response<O::Output>, Status>
+    async fn handle<O>(
+        &self,
+        method: &'static str,
+        request: Request<O>,
+    ) -> Result<Response<O::Output>, Status>
     where
         O: Operation,
     {
+        let started = Instant::now();
+        let _in_flight = self.metrics.rpc_started();
+        let caller: Arc<str> = match request.extensions().get::<CallerIdentity>() {
+            Some(CallerIdentity(name)) => name.clone(),
+            None => Arc::from(
+                request
+                    .remote_addr()
+                    .map_or_else(|| "anonymous".to_owned(), |a| format!("anonymous@{a}")),
+            ),
+        };
+        let parent = telemetry::extract(request.metadata());
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = method,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = method,
+            caller = %caller,
+            trace_id = Empty,
+            rpc.grpc.status_code = Empty,
+        );
+        let _ = span.set_parent(parent.clone());
+        span.record(
+            "trace_id",
+            telemetry::trace_id(&span.context(), &parent).to_string(),
+        );
+
         let (ctx, locale) = context::read(request.metadata());
         let message = request.into_inner();
-        match self.gateway.call(&ctx, &message).await {
+        let result = self
+            .gateway
+            .call(&ctx, &message)
+            .instrument(span.clone())
+            .await;
+        let (reply, code, reason, log_id) = match result {
             Ok(answer) => {
+                let log_id = answer.log_id.clone();
                 let mut response = Response::new(answer.value);
                 if let Some(value) = answer.log_id.and_then(|l| l.parse().ok()) {
                     response.metadata_mut().insert(LOG_ID_HEADER, value);
                 }
-                Ok(response)
+                (Ok(response), Code::Ok, String::new(), log_id)
             }
-            Err(e) => Err(status::to_status(&e, locale)),
-        }
+            Err(e) => {
+                let status = status::to_status(&e, locale);
+                let details = status.get_error_details();
+                let info = details.error_info();
+                let reason = info.map(|i| i.reason.clone()).unwrap_or_default();
+                let log_id = info.and_then(|i| i.metadata.get("logId").cloned());
+                (Err(status.clone()), status.code(), reason, log_id)
+            }
+        };
+        span.record("rpc.grpc.status_code", code as i32);
+        self.metrics.rpc_finished(method, code, started.elapsed());
+        let facts = message.audit();
+        span.in_scope(|| {
+            tracing::info!(
+                target: telemetry::AUDIT_TARGET,
+                caller = %caller,
+                method,
+                subject = %message.subject(),
+                related = %facts.related.join(","),
+                text_chars = facts.text_chars,
+                outcome = crate::codes::code_name(code),
+                reason = %reason,
+                feishu_log_id = log_id.as_deref().unwrap_or(""),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "audit"
+            );
+        });
+        reply
     }
+}
+
+/// Full gRPC method names, as metrics and audit records name them.
+pub mod methods {
+    pub const WITHDRAW_ONBOARDING: &str = "feishu.corehr.v2.PreHireService/WithdrawOnboarding";
+    pub const RESTORE_FLOW_INSTANCE: &str = "feishu.corehr.v2.PreHireService/RestoreFlowInstance";
+    pub const REVOKE: &str = "feishu.corehr.v2.OffboardingService/Revoke";
+    pub const CANCEL_ONBOARD: &str = "feishu.hire.v1.ApplicationService/CancelOnboard";
 }
 
 #[tonic::async_trait]
@@ -49,14 +134,14 @@ impl corehr::pre_hire_service_server::PreHireService for Services {
         &self,
         request: Request<corehr::WithdrawOnboardingRequest>,
     ) -> Result<Response<corehr::WithdrawOnboardingResponse>, Status> {
-        self.handle(request).await
+        self.handle(methods::WITHDRAW_ONBOARDING, request).await
     }
 
     async fn restore_flow_instance(
         &self,
         request: Request<corehr::RestoreFlowInstanceRequest>,
     ) -> Result<Response<corehr::RestoreFlowInstanceResponse>, Status> {
-        self.handle(request).await
+        self.handle(methods::RESTORE_FLOW_INSTANCE, request).await
     }
 }
 
@@ -66,7 +151,7 @@ impl corehr::offboarding_service_server::OffboardingService for Services {
         &self,
         request: Request<corehr::RevokeRequest>,
     ) -> Result<Response<corehr::RevokeResponse>, Status> {
-        self.handle(request).await
+        self.handle(methods::REVOKE, request).await
     }
 }
 
@@ -76,6 +161,6 @@ impl hire::application_service_server::ApplicationService for Services {
         &self,
         request: Request<hire::CancelOnboardRequest>,
     ) -> Result<Response<hire::CancelOnboardResponse>, Status> {
-        self.handle(request).await
+        self.handle(methods::CANCEL_ONBOARD, request).await
     }
 }

@@ -24,6 +24,7 @@ use std::{
 };
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::{
     catalog::{Endpoint, Window},
@@ -247,7 +248,13 @@ impl Limiter {
                         .stats
                         .waited_micros
                         .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-                    tokio::time::sleep_until(t).await;
+                    tokio::time::sleep_until(t)
+                        .instrument(tracing::info_span!(
+                            "quota_wait",
+                            endpoint = endpoint.name,
+                            wait_ms = waited.as_millis() as u64
+                        ))
+                        .await;
                 }
                 Ok(())
             }
