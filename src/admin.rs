@@ -9,7 +9,16 @@ use std::{
     },
 };
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+    Router,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
@@ -27,6 +36,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin/app_ticket", post(app_ticket))
         .with_state(state)
 }
 
@@ -39,9 +49,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let t = state.gateway.tokens().stats();
     let q = state.gateway.limiter().stats();
     let mut out = String::new();
+    state.gateway.tokens().write_metrics(&mut out);
     let mut counter = |name: &str, help: &str, labels: &str, value: u64| {
         let _ = writeln!(
             out,
@@ -49,30 +59,6 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         );
     };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(
-        "feishu_gateway_token_requests_ok_total",
-        "Token requests that returned a token.",
-        "",
-        get(&t.requests_ok),
-    );
-    counter(
-        "feishu_gateway_token_requests_failed_total",
-        "Token requests that failed.",
-        "",
-        get(&t.requests_failed),
-    );
-    counter(
-        "feishu_gateway_token_refreshes_ahead_total",
-        "Refreshes started before the token's last stretch.",
-        "",
-        get(&t.refreshes_ahead),
-    );
-    counter(
-        "feishu_gateway_token_evictions_total",
-        "Tokens evicted after Feishu rejected them.",
-        "",
-        get(&t.evictions),
-    );
     counter(
         "feishu_gateway_quota_admitted_total",
         "Calls given a quota slot.",
@@ -104,6 +90,43 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// Feishu's app_ticket push for a store app, forwarded by whatever receives
+/// Feishu's events: `{"app_id","app_ticket"}`, or Feishu's event body with
+/// both under `event`. The ticket is a secret: it is never echoed or logged.
+#[derive(Deserialize)]
+struct TicketPush {
+    app_id: Option<String>,
+    app_ticket: Option<SecretString>,
+    event: Option<TicketEvent>,
+}
+
+#[derive(Deserialize)]
+struct TicketEvent {
+    app_id: String,
+    app_ticket: SecretString,
+}
+
+async fn app_ticket(State(state): State<AdminState>, body: Bytes) -> impl IntoResponse {
+    let push = serde_json::from_slice::<TicketPush>(&body)
+        .ok()
+        .and_then(|p| match (p.app_id, p.app_ticket, p.event) {
+            (Some(id), Some(ticket), _) => Some((id, ticket)),
+            (_, _, Some(e)) => Some((e.app_id, e.app_ticket)),
+            _ => None,
+        })
+        .filter(|(id, ticket)| !id.is_empty() && !ticket.expose_secret().is_empty());
+    let Some((app_id, ticket)) = push else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"app_id\": \"cli_...\", \"app_ticket\": \"...\"}\n".to_owned(),
+        );
+    };
+    match state.gateway.tokens().set_app_ticket(&app_id, ticket) {
+        Ok(()) => (StatusCode::NO_CONTENT, String::new()),
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+    }
 }
 
 /// Serves the admin port until the process ends.
