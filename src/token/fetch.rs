@@ -22,6 +22,7 @@ use crate::{
 };
 
 impl TokenManager {
+    /// One token request for `key` (self-built) or the store chain behind it.
     pub(super) async fn fetch(&self, key: &TokenKey) -> Result<Token, Error> {
         let Some(app) = self.inner.apps.get(&key.app) else {
             return Err(Error::NotConfigured {

@@ -232,3 +232,148 @@ impl<T: Lease> Drop for Landing<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+
+    use super::*;
+
+    struct Value(Schedule);
+
+    impl Lease for Value {
+        fn schedule(&self) -> &Schedule {
+            &self.0
+        }
+    }
+
+    fn value(secs: u64) -> Arc<Value> {
+        Arc::new(Value(Schedule::new(
+            Instant::now(),
+            Duration::from_secs(secs),
+        )))
+    }
+
+    fn unavailable() -> Error {
+        Error::Unavailable {
+            reason: "TEST",
+            message: "down".into(),
+        }
+    }
+
+    type Fetch = std::pin::Pin<Box<dyn Future<Output = Result<Arc<Value>, Error>> + Send>>;
+
+    /// A fetch that counts its starts and answers after `delay`.
+    fn counting(
+        starts: &Arc<AtomicUsize>,
+        delay: Duration,
+        ok: bool,
+    ) -> impl Fn(bool) -> Fetch + '_ {
+        move |_| {
+            starts.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                if ok {
+                    Ok(value(100))
+                } else {
+                    Err(unavailable())
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_fetch() {
+        let flight = Arc::new(Flight::<Value>::new());
+        let starts = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut waiters = Vec::new();
+        for _ in 0..100 {
+            let (flight, starts) = (flight.clone(), starts.clone());
+            waiters.push(tokio::spawn(async move {
+                let fetch = counting(&starts, Duration::from_millis(100), true);
+                flight.get(deadline, fetch).await.is_ok()
+            }));
+        }
+        for w in waiters {
+            assert!(w.await.unwrap());
+        }
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_reaches_its_waiters_then_backs_off() {
+        let flight = Arc::new(Flight::<Value>::new());
+        let starts = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let fetch = counting(&starts, Duration::from_millis(10), false);
+        assert!(matches!(
+            flight.get(deadline, &fetch).await,
+            Err(WaitError::Failed(_))
+        ));
+        // Within the backoff: the same failure at once, no new request.
+        assert!(matches!(
+            flight.get(deadline, &fetch).await,
+            Err(WaitError::Failed(_))
+        ));
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let _ = flight.get(deadline, &fetch).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        // Cleared (a ticket arrived): asked again at once.
+        flight.clear_backoff();
+        let ok = counting(&starts, Duration::from_millis(10), true);
+        assert!(flight.get(deadline, &ok).await.is_ok());
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_giving_up_does_not_cancel_the_fetch() {
+        let flight = Arc::new(Flight::<Value>::new());
+        let starts = Arc::new(AtomicUsize::new(0));
+        let fetch = counting(&starts, Duration::from_millis(500), true);
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(matches!(
+            flight.get(soon, &fetch).await,
+            Err(WaitError::TimedOut)
+        ));
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(flight.get(later, &fetch).await.is_ok());
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_is_by_identity_and_refresh_ahead_keeps_serving() {
+        let flight = Arc::new(Flight::<Value>::new());
+        let starts = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let fetch = counting(&starts, Duration::from_millis(10), true);
+        let first = flight.get(deadline, &fetch).await.ok().unwrap();
+        assert!(!flight.evict(&value(100)), "another value is not evicted");
+        assert!(flight.evict(&first));
+        let second = flight.get(deadline, &fetch).await.ok().unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // In the last fifth: the cached value is returned at once and a refresh starts.
+        tokio::time::sleep(Duration::from_secs(85)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let served = flight.get(deadline, &fetch).await.ok().unwrap();
+        assert!(Arc::ptr_eq(&served, &second));
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!Arc::ptr_eq(&flight.current().unwrap(), &second));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_still_lands() {
+        let flight = Arc::new(Flight::<Value>::new());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let fetch = |_| async { panic!("fetch bug") };
+        assert!(matches!(
+            flight.get(deadline, fetch).await,
+            Err(WaitError::Failed(_))
+        ));
+    }
+}

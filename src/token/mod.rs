@@ -10,6 +10,7 @@
 
 mod fetch;
 mod flight;
+/// Pure timing rules, public so that their proofs read on their own.
 pub mod lifetime;
 mod prometheus;
 mod stats;
@@ -57,9 +58,11 @@ pub struct Token {
 }
 
 impl Token {
+    /// The `Authorization` value, already marked sensitive so no HTTP layer logs it.
     pub fn bearer(&self) -> &HeaderValue {
         &self.header
     }
+    /// Feishu's end of the token, counted from when its request left (never later than the truth).
     pub fn expires_at(&self) -> Instant {
         self.schedule.expires_at
     }
@@ -127,6 +130,9 @@ impl fmt::Debug for TokenManager {
 }
 
 impl TokenManager {
+    /// One manager for every configured app, so that single flight and the
+    /// caches span the whole process. `max_wait` bounds waits of callers
+    /// without a deadline and the wait for a store app's ticket.
     pub fn new(
         upstream: Upstream,
         apps: impl IntoIterator<Item = (Arc<str>, AppCredentials)>,

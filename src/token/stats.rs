@@ -24,6 +24,7 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
+    /// Every kind, so that exported series exist from the start (zeros included).
     pub const ALL: [RequestKind; 3] = [
         RequestKind::TenantAccessToken,
         RequestKind::AppAccessToken,
@@ -51,6 +52,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, so that exported series exist from the start (zeros included).
     pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::FeishuError, Outcome::UpstreamError];
 
     /// The `outcome` label.
