@@ -6,7 +6,16 @@ use std::sync::{
     Arc,
 };
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{get, post},
+    Router,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::{gateway::Gateway, metrics::Metrics};
@@ -25,6 +34,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin/app_ticket", post(app_ticket))
         .with_state(state)
 }
 
@@ -49,6 +59,43 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// Feishu's app_ticket push for a store app, forwarded by whatever receives
+/// Feishu's events: `{"app_id","app_ticket"}`, or Feishu's event body with
+/// both under `event`. The ticket is a secret: it is never echoed or logged.
+#[derive(Deserialize)]
+struct TicketPush {
+    app_id: Option<String>,
+    app_ticket: Option<SecretString>,
+    event: Option<TicketEvent>,
+}
+
+#[derive(Deserialize)]
+struct TicketEvent {
+    app_id: String,
+    app_ticket: SecretString,
+}
+
+async fn app_ticket(State(state): State<AdminState>, body: Bytes) -> impl IntoResponse {
+    let push = serde_json::from_slice::<TicketPush>(&body)
+        .ok()
+        .and_then(|p| match (p.app_id, p.app_ticket, p.event) {
+            (Some(id), Some(ticket), _) => Some((id, ticket)),
+            (_, _, Some(e)) => Some((e.app_id, e.app_ticket)),
+            _ => None,
+        })
+        .filter(|(id, ticket)| !id.is_empty() && !ticket.expose_secret().is_empty());
+    let Some((app_id, ticket)) = push else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"app_id\": \"cli_...\", \"app_ticket\": \"...\"}\n".to_owned(),
+        );
+    };
+    match state.gateway.tokens().set_app_ticket(&app_id, ticket) {
+        Ok(()) => (StatusCode::NO_CONTENT, String::new()),
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+    }
 }
 
 /// Serves the admin port until the process ends.

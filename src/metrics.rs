@@ -163,35 +163,102 @@ fn counter(
     c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabel {
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenRequestLabels {
+    app: String,
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpiryLabels {
+    app: String,
+    tenant: String,
+    kind: &'static str,
+}
+
+/// One counter family whose samples are read now.
+fn family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Components {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let t = self.tokens.stats();
-        let q = self.limiter.stats();
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        counter(
+        let apps = self.tokens.stats().snapshot();
+        let app = |a: &crate::token::AppSnapshot| AppLabel {
+            app: a.app.to_string(),
+        };
+        family(
             &mut encoder,
-            "token_requests_ok",
-            "Token requests that returned a token",
-            get(&t.requests_ok),
+            "token_requests",
+            "Requests to Feishu's token endpoints, by app, kind and outcome",
+            apps.iter().flat_map(|a| {
+                a.requests.iter().map(|(kind, outcome, n)| {
+                    let labels = TokenRequestLabels {
+                        app: a.app.to_string(),
+                        kind: kind.label(),
+                        outcome: outcome.label(),
+                    };
+                    (labels, *n)
+                })
+            }),
         )?;
-        counter(
-            &mut encoder,
-            "token_requests_failed",
-            "Token requests that failed",
-            get(&t.requests_failed),
-        )?;
-        counter(
+        family(
             &mut encoder,
             "token_refreshes_ahead",
-            "Token refreshes started before the token's last stretch",
-            get(&t.refreshes_ahead),
+            "Token fetches started while the cached token was still usable",
+            apps.iter().map(|a| (app(a), a.refreshes_ahead)),
         )?;
-        counter(
+        family(
             &mut encoder,
             "token_evictions",
             "Tokens evicted after Feishu rejected them",
-            get(&t.evictions),
+            apps.iter().map(|a| (app(a), a.evictions)),
         )?;
+        family(
+            &mut encoder,
+            "app_tickets_received",
+            "App tickets delivered to store apps through /admin/app_ticket",
+            apps.iter().map(|a| (app(a), a.tickets_received)),
+        )?;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "token_seconds_to_expiry",
+                "Seconds until each cached token expires",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for e in self.tokens.expiries() {
+                let labels = ExpiryLabels {
+                    app: e.app.to_string(),
+                    tenant: e.tenant.as_deref().unwrap_or_default().to_owned(),
+                    kind: e.kind.label(),
+                };
+                ConstGauge::new(e.seconds_left).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+
+        let q = self.limiter.stats();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         counter(
             &mut encoder,
             "quota_admitted",

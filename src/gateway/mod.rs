@@ -19,7 +19,7 @@ use crate::{
     feishu,
     metrics::Metrics,
     quota::{Limiter, QuotaKey},
-    token::{TokenKey, TokenManager},
+    token::TokenManager,
     upstream::{Outgoing, Upstream},
 };
 
@@ -143,28 +143,16 @@ impl Gateway {
             reason: "ENCODING_FAILED",
             message: format!("cannot encode the request body: {e}"),
         })?);
-        let app: Arc<str> = match ctx.app.as_deref() {
-            None | Some("") => self.default_app.clone(),
-            Some(name) if self.tokens.knows(name) => Arc::from(name),
-            Some(name) => {
-                return Err(Error::NotConfigured {
-                    reason: "UNKNOWN_APP",
-                    message: format!("x-feishu-app names {name:?}, which is not configured"),
-                })
-            }
+        let app = match ctx.app.as_deref() {
+            None | Some("") => &*self.default_app,
+            Some(name) => name,
         };
-        let tenant: Option<Arc<str>> = ctx
-            .tenant
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .map(Arc::from);
-        let token_key = TokenKey {
-            app: app.clone(),
-            tenant: tenant.clone(),
-        };
+        // Normalised by the token manager: a self-built app ignores the tenant
+        // key, so a caller cannot mint fresh quotas with made-up tenants.
+        let token_key = self.tokens.key(app, ctx.tenant.as_deref())?;
         let quota_key = QuotaKey {
-            app,
-            tenant,
+            app: token_key.app.clone(),
+            tenant: token_key.tenant.clone(),
             endpoint: endpoint.name,
         };
 
@@ -244,7 +232,7 @@ impl Gateway {
                         code = f.code,
                         "token rejected; fetching a new one and retrying once"
                     );
-                    self.tokens.invalidate(&token_key, &token);
+                    self.tokens.reject(&token_key, &token, f.code);
                     token_retried = true;
                 }
                 Err(Error::Feishu(f)) if f.is_rate_limited() => {

@@ -41,10 +41,12 @@ impl Schedule {
         }
     }
 
+    /// Whether the token may still be sent (it will arrive before its end).
     pub fn usable(&self, now: Instant) -> bool {
         now < self.stale_at
     }
 
+    /// Whether a refresh ahead is due (the token stays usable meanwhile).
     pub fn wants_refresh(&self, now: Instant) -> bool {
         now >= self.refresh_at
     }

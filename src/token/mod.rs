@@ -2,47 +2,74 @@
 //! by exactly one request however many calls need it, refreshed ahead of its
 //! end in the background, evicted when Feishu rejects it.
 //!
-//! Callers never talk to the token endpoint: they `get` a token bounded by
-//! their own deadline, and `invalidate` the one Feishu rejected.
+//! Callers never talk to the token endpoints: they `get` a token bounded by
+//! their own deadline, and `reject` the one Feishu refused. Self-built apps
+//! have one token per app; store (ISV) apps one per tenant, minted from an
+//! app_access_token (one per app, shared by its tenants, with its own single
+//! flight) which is minted from the app_ticket Feishu pushes (see `store`).
 
+mod fetch;
+mod flight;
+/// Pure timing rules, public so that their proofs read on their own.
 pub mod lifetime;
+mod stats;
+mod store;
 
 use std::{
     collections::HashMap,
     fmt,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
     },
     time::Duration,
 };
 
 use http::HeaderValue;
-use secrecy::{ExposeSecret, SecretString};
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     catalog,
-    config::AppCredentials,
-    error::{Error, FaultKind, UpstreamFault},
-    feishu,
-    upstream::{Outgoing, Upstream},
+    config::{AppCredentials, AppKind},
+    error::Error,
+    upstream::Upstream,
 };
+use flight::{Flight, Lease, WaitError};
 use lifetime::Schedule;
+pub use stats::{AppSnapshot, KeyExpiry, Outcome, RequestKind, TokenStats};
+use store::{AppToken, StoreState};
+
+/// Once this many keys are cached, unused keys without a usable token are
+/// dropped, so that callers sending made-up tenant keys cannot grow the map.
+const PRUNE_ABOVE: usize = 1024;
+/// Longest tenant key accepted (Feishu's are 16–32 characters).
+const TENANT_KEY_MAX: usize = 64;
 
 /// A token ready to send. `Debug` never shows it.
 pub struct Token {
     /// `Bearer t-…`, marked sensitive so that HTTP stacks do not log it.
     header: HeaderValue,
     schedule: Schedule,
+    /// Sent at least once: only tokens in use are refreshed by the background timer.
+    used: AtomicBool,
+    /// The app_access_token a store app's tenant token was minted with.
+    issuer: Option<Weak<AppToken>>,
 }
 
 impl Token {
+    /// The `Authorization` value, already marked sensitive so no HTTP layer logs it.
     pub fn bearer(&self) -> &HeaderValue {
         &self.header
     }
+    /// Feishu's end of the token, counted from when its request left (never later than the truth).
     pub fn expires_at(&self) -> Instant {
         self.schedule.expires_at
+    }
+}
+
+impl Lease for Token {
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 }
 
@@ -62,69 +89,138 @@ pub struct TokenKey {
     pub tenant: Option<Arc<str>>,
 }
 
-#[derive(Clone, Default)]
-struct SlotState {
-    token: Option<Arc<Token>>,
-    fetching: bool,
-    /// Completed fetches; a waiter returns the failure of a fetch that ended after it began waiting.
-    epoch: u64,
-    failure: Option<Error>,
-    failures: u32,
-    retry_not_before: Option<Instant>,
-}
-
-struct Slot {
-    state: watch::Sender<SlotState>,
-}
-
-/// Counters for the operations layer.
-#[derive(Debug, Default)]
-pub struct TokenStats {
-    pub requests_ok: AtomicU64,
-    pub requests_failed: AtomicU64,
-    pub refreshes_ahead: AtomicU64,
-    pub evictions: AtomicU64,
-}
-
-/// The manager; cheap to clone.
+/// The manager; cheap to clone. `Debug` shows app names and IDs, never secrets or tokens.
 #[derive(Clone)]
 pub struct TokenManager {
     inner: Arc<Inner>,
 }
 
+struct App {
+    creds: AppCredentials,
+    /// Ticket and app_access_token of a store app; None for a self-built app.
+    store: Option<StoreState>,
+}
+
 struct Inner {
     upstream: Upstream,
-    apps: HashMap<Arc<str>, AppCredentials>,
-    slots: Mutex<HashMap<TokenKey, Arc<Slot>>>,
-    /// Longest wait for a token when the caller set no deadline.
+    apps: HashMap<Arc<str>, App>,
+    slots: Mutex<HashMap<TokenKey, Arc<Flight<Token>>>>,
+    /// Longest wait for a token when the caller set no deadline; also how long
+    /// a fetch waits for an app ticket after asking for a resend.
     max_wait: Duration,
     stats: TokenStats,
 }
 
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut apps: Vec<_> = self
+            .inner
+            .apps
+            .iter()
+            .map(|(name, a)| (name.clone(), a.creds.app_id.clone(), a.creds.kind))
+            .collect();
+        apps.sort_by(|a, b| a.0.cmp(&b.0));
+        f.debug_struct("TokenManager")
+            .field("apps", &apps)
+            .field("cached_keys", &self.lock_slots().len())
+            .field("max_wait", &self.inner.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TokenManager {
+    /// One manager for every configured app, so that single flight and the
+    /// caches span the whole process. `max_wait` bounds waits of callers
+    /// without a deadline and the wait for a store app's ticket.
     pub fn new(
         upstream: Upstream,
         apps: impl IntoIterator<Item = (Arc<str>, AppCredentials)>,
         max_wait: Duration,
     ) -> Self {
+        let apps: HashMap<Arc<str>, App> = apps
+            .into_iter()
+            .map(|(name, creds)| {
+                let store = (creds.kind == AppKind::Store).then(StoreState::new);
+                (name, App { creds, store })
+            })
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 upstream,
-                apps: apps.into_iter().collect(),
+                stats: TokenStats::new(apps.keys()),
+                apps,
                 slots: Mutex::new(HashMap::new()),
                 max_wait,
-                stats: TokenStats::default(),
             }),
         }
     }
 
+    /// Per-app counters, for `/metrics`.
     pub fn stats(&self) -> &TokenStats {
         &self.inner.stats
+    }
+
+    /// Time left on every cached token (tenant tokens and store apps' app tokens).
+    pub fn expiries(&self) -> Vec<KeyExpiry> {
+        let now = Instant::now();
+        let left = |t: Instant| {
+            if t >= now {
+                (t - now).as_secs_f64()
+            } else {
+                -(now - t).as_secs_f64()
+            }
+        };
+        let mut out: Vec<KeyExpiry> = self
+            .lock_slots()
+            .iter()
+            .filter_map(|(key, flight)| {
+                flight.current().map(|t| KeyExpiry {
+                    app: key.app.clone(),
+                    tenant: key.tenant.clone(),
+                    kind: RequestKind::TenantAccessToken,
+                    seconds_left: left(t.schedule.expires_at),
+                })
+            })
+            .collect();
+        for (name, app) in &self.inner.apps {
+            if let Some(at) = app.store.as_ref().and_then(StoreState::app_token_expiry) {
+                out.push(KeyExpiry {
+                    app: name.clone(),
+                    tenant: None,
+                    kind: RequestKind::AppAccessToken,
+                    seconds_left: left(at),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.app, &a.tenant).cmp(&(&b.app, &b.tenant)));
+        out
     }
 
     /// Whether `app` is configured.
     pub fn knows(&self, app: &str) -> bool {
         self.inner.apps.contains_key(app)
+    }
+
+    /// The cache key for a call: a self-built app has ONE token whatever tenant
+    /// the caller names (so made-up tenant keys cannot multiply token requests
+    /// or quota keys); a store app needs a well-formed tenant key.
+    pub fn key(&self, app: &str, tenant: Option<&str>) -> Result<TokenKey, Error> {
+        let (name, found) =
+            self.inner
+                .apps
+                .get_key_value(app)
+                .ok_or_else(|| Error::NotConfigured {
+                    reason: "UNKNOWN_APP",
+                    message: format!("no Feishu app named {app:?} is configured"),
+                })?;
+        let tenant = match found.creds.kind {
+            AppKind::SelfBuilt => None,
+            AppKind::Store => Some(check_tenant(name, tenant)?),
+        };
+        Ok(TokenKey {
+            app: name.clone(),
+            tenant,
+        })
     }
 
     /// A token that will still be valid when it reaches Feishu.
@@ -133,199 +229,157 @@ impl TokenManager {
         key: &TokenKey,
         deadline: Option<Instant>,
     ) -> Result<Arc<Token>, Error> {
-        let slot = self.slot(key);
-        let mut rx = slot.state.subscribe();
-        let started_epoch = rx.borrow().epoch;
+        let key = self.key(&key.app, key.tenant.as_deref())?;
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.inner.max_wait);
-        loop {
-            let now = Instant::now();
-            let (token, failure, fetching, retry_not_before) = {
-                let st = rx.borrow_and_update();
-                let failure = (st.epoch > started_epoch)
-                    .then(|| st.failure.clone())
-                    .flatten();
-                (st.token.clone(), failure, st.fetching, st.retry_not_before)
-            };
-            let backing_off = retry_not_before.is_some_and(|t| now < t);
-            if let Some(token) = token.filter(|t| t.schedule.usable(now)) {
-                if token.schedule.wants_refresh(now) && !fetching && !backing_off {
-                    self.start_fetch(key, &slot, true);
-                }
-                return Ok(token);
+        let flight = self.slot(&key);
+        match flight
+            .get(deadline, |ahead| self.fetcher(&key, ahead))
+            .await
+        {
+            Ok(token) => {
+                token.used.store(true, Ordering::Relaxed);
+                Ok(token)
             }
-            if let Some(failure) = failure {
-                return Err(failure);
-            }
-            if !fetching {
-                if backing_off {
-                    // The endpoint failed moments ago: say so now rather than hammer it.
-                    if let Some(failure) = slot.state.borrow().failure.clone() {
-                        return Err(failure);
-                    }
-                }
-                self.start_fetch(key, &slot, false);
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(Error::DeadlineExceeded {
-                    stage: "waiting for a tenant_access_token",
-                    endpoint: catalog::TENANT_ACCESS_TOKEN_INTERNAL.name,
-                });
-            }
+            Err(WaitError::Failed(e)) => Err(e),
+            Err(WaitError::TimedOut) => Err(self.timed_out(&key)),
         }
     }
 
     /// Evicts `token` if it is still the current one for `key` (Feishu rejected it).
     pub fn invalidate(&self, key: &TokenKey, token: &Arc<Token>) {
-        let slot = self.slot(key);
-        let evicted = slot.state.send_if_modified(|st| match &st.token {
-            Some(current) if Arc::ptr_eq(current, token) => {
-                st.token = None;
-                true
-            }
-            _ => false,
-        });
-        if evicted {
-            self.inner.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        let Ok(key) = self.key(&key.app, key.tenant.as_deref()) else {
+            return;
+        };
+        if self.find_slot(&key).is_some_and(|f| f.evict(token)) {
+            self.inner.stats.eviction(&key.app);
             tracing::info!(app = %key.app, tenant = ?key.tenant, "evicted a token Feishu rejected");
         }
     }
 
-    fn slot(&self, key: &TokenKey) -> Arc<Slot> {
-        let mut slots = self
-            .inner
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots
-            .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    state: watch::Sender::new(SlotState::default()),
-                })
-            })
-            .clone()
-    }
-
-    /// Starts the one fetch for `key` unless one is running. The fetch runs in
-    /// its own task so that a caller giving up does not cancel it for the others.
-    fn start_fetch(&self, key: &TokenKey, slot: &Arc<Slot>, ahead: bool) {
-        let claimed = slot.state.send_if_modified(|st| {
-            if st.fetching {
-                false
-            } else {
-                st.fetching = true;
-                true
-            }
-        });
-        if !claimed {
+    /// As [`TokenManager::invalidate`], told Feishu's code: 99991664 (app
+    /// access token invalid) also evicts the store app's app_access_token that
+    /// minted `token`, so the next tenant token is minted from a fresh one.
+    pub fn reject(&self, key: &TokenKey, token: &Arc<Token>, code: i64) {
+        self.invalidate(key, token);
+        if code != store::APP_TOKEN_INVALID {
             return;
         }
+        let issuer = token.issuer.as_ref().and_then(Weak::upgrade);
+        let store = self.inner.apps.get(&key.app).and_then(|a| a.store.as_ref());
+        if let (Some(issuer), Some(store)) = (issuer, store) {
+            if store.evict_app_token(&issuer) {
+                self.inner.stats.eviction(&key.app);
+                tracing::info!(app = %key.app, "evicted the app_access_token Feishu rejected");
+            }
+        }
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, Arc<Flight<Token>>>> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn find_slot(&self, key: &TokenKey) -> Option<Arc<Flight<Token>>> {
+        self.lock_slots().get(key).cloned()
+    }
+
+    fn slot(&self, key: &TokenKey) -> Arc<Flight<Token>> {
+        let mut slots = self.lock_slots();
+        if let Some(slot) = slots.get(key) {
+            return slot.clone();
+        }
+        if slots.len() >= PRUNE_ABOVE {
+            let now = Instant::now();
+            // Held elsewhere (a waiter, a fetch) means in use: keep it, or single flight breaks.
+            slots.retain(|_, s| {
+                Arc::strong_count(s) > 1 || s.current().is_some_and(|t| t.schedule.usable(now))
+            });
+        }
+        let slot = Arc::new(Flight::new());
+        slots.insert(key.clone(), slot.clone());
+        slot
+    }
+
+    /// The fetch for `key`, as the flight starts it (in its own task).
+    fn fetcher(
+        &self,
+        key: &TokenKey,
+        ahead: bool,
+    ) -> impl std::future::Future<Output = Result<Arc<Token>, Error>> + Send + 'static {
         if ahead {
-            self.inner
-                .stats
-                .refreshes_ahead
-                .fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.refresh_ahead(&key.app);
         }
         let this = self.clone();
         let key = key.clone();
-        let slot = slot.clone();
+        async move {
+            let token = Arc::new(this.fetch(&key).await?);
+            this.schedule_refresh(key, &token);
+            Ok(token)
+        }
+    }
+
+    /// Refreshes `token` at its `refresh_at` if calls used it, so that a steady
+    /// load never meets a stale token even when no call lands in the refresh window.
+    fn schedule_refresh(&self, key: TokenKey, token: &Arc<Token>) {
+        let inner = Arc::downgrade(&self.inner);
+        let weak = Arc::downgrade(token);
+        let at = token.schedule.refresh_at;
         tokio::spawn(async move {
-            let outcome = this.fetch(&key).await;
-            slot.state.send_modify(|st| {
-                st.fetching = false;
-                st.epoch += 1;
-                match outcome {
-                    Ok(token) => {
-                        st.token = Some(Arc::new(token));
-                        st.failure = None;
-                        st.failures = 0;
-                        st.retry_not_before = None;
-                    }
-                    Err(e) => {
-                        st.failures = st.failures.saturating_add(1);
-                        st.retry_not_before = Some(Instant::now() + lifetime::backoff(st.failures));
-                        st.failure = Some(e);
-                    }
-                }
-            });
+            tokio::time::sleep_until(at).await;
+            let (Some(inner), Some(token)) = (inner.upgrade(), weak.upgrade()) else {
+                return;
+            };
+            if !token.used.load(Ordering::Relaxed) {
+                return;
+            }
+            let this = TokenManager { inner };
+            if let Some(flight) = this.find_slot(&key) {
+                flight.refresh_if_current(&token, |ahead| this.fetcher(&key, ahead));
+            }
         });
     }
 
-    async fn fetch(&self, key: &TokenKey) -> Result<Token, Error> {
-        let endpoint = &catalog::TENANT_ACCESS_TOKEN_INTERNAL;
-        let Some(app) = self.inner.apps.get(&key.app) else {
-            return Err(Error::NotConfigured {
-                reason: "UNKNOWN_APP",
-                message: format!("no Feishu app named {:?} is configured", key.app),
-            });
-        };
-        let body = serde_json::json!({
-            "app_id": app.app_id,
-            "app_secret": app.app_secret.expose_secret(),
-        });
-        let sent_at = Instant::now();
-        let result = self
-            .inner
-            .upstream
-            .post(Outgoing {
-                endpoint: endpoint.name,
-                path_and_query: endpoint.path,
-                bearer: None,
-                body: body.to_string().into(),
-                deadline: None,
-            })
-            .await
-            .map_err(Error::from)
-            .and_then(|answer| {
-                feishu::interpret_envelope::<serde_json::Value>(endpoint.name, String::new, answer)
-            })
-            .and_then(|env| grant(endpoint.name, env.tenant_access_token, env.expire, sent_at));
-        match &result {
-            Ok(_) => {
-                self.inner.stats.requests_ok.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(app = %key.app, tenant = ?key.tenant, "obtained a tenant_access_token");
-            }
-            Err(e) => {
-                self.inner
-                    .stats
-                    .requests_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(app = %key.app, tenant = ?key.tenant, error = %e, "token request failed");
-            }
+    /// The error of a caller whose deadline passed while it waited for a token.
+    fn timed_out(&self, key: &TokenKey) -> Error {
+        let store = self.inner.apps.get(&key.app).and_then(|a| a.store.as_ref());
+        match store {
+            Some(store) if !store.has_ticket() => store::ticket_missing(&key.app),
+            Some(_) => Error::DeadlineExceeded {
+                stage: "waiting for a tenant_access_token",
+                endpoint: store::TENANT_ACCESS_TOKEN.name,
+            },
+            None => Error::DeadlineExceeded {
+                stage: "waiting for a tenant_access_token",
+                endpoint: catalog::TENANT_ACCESS_TOKEN_INTERNAL.name,
+            },
         }
-        result
     }
 }
 
-/// Checks a token grant and schedules its life from `sent_at`.
-fn grant(
-    endpoint: &'static str,
-    token: Option<SecretString>,
-    expire: Option<i64>,
-    sent_at: Instant,
-) -> Result<Token, Error> {
-    let malformed = |detail: &str| -> Error {
-        UpstreamFault {
-            endpoint,
-            kind: FaultKind::Malformed,
-            http_status: Some(200),
-            log_id: None,
-            detail: detail.to_owned(),
-        }
-        .into()
+/// A store app's tenant key: present, short, and of Feishu's alphabet (it
+/// becomes a cache key, a log field and a metrics label).
+fn check_tenant(app: &str, tenant: Option<&str>) -> Result<Arc<str>, Error> {
+    let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
+        return Err(Error::NotConfigured {
+            reason: "TENANT_KEY_REQUIRED",
+            message: format!(
+                "{app:?} is a store app: name the tenant to act for in x-feishu-tenant-key metadata"
+            ),
+        });
     };
-    let token = token.ok_or_else(|| malformed("code 0 without a token"))?;
-    let expire = expire
-        .filter(|e| *e > 0)
-        .ok_or_else(|| malformed("code 0 without a positive `expire`"))?;
-    let mut header = HeaderValue::try_from(format!("Bearer {}", token.expose_secret()))
-        .map_err(|_| malformed("the token has characters a header cannot carry"))?;
-    header.set_sensitive(true);
-    Ok(Token {
-        header,
-        schedule: Schedule::new(sent_at, Duration::from_secs(expire.unsigned_abs())),
-    })
+    let well_formed = tenant.len() <= TENANT_KEY_MAX
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !well_formed {
+        return Err(Error::NotConfigured {
+            reason: "TENANT_KEY_INVALID",
+            message: format!(
+                "x-feishu-tenant-key must be at most {TENANT_KEY_MAX} letters, digits, '_' or '-'"
+            ),
+        });
+    }
+    Ok(Arc::from(tenant))
 }
