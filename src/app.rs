@@ -14,10 +14,11 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     admin,
+    auth::{layer::AuthLayer, Policy},
     catalog::Window,
     config::{AppCredentials, Settings, DEFAULT_APP},
     gateway::Gateway,
-    grpc::{self, server::Limits, Services},
+    grpc::{self, server::Serving, Services},
     metrics::Metrics,
     quota::{LimitTable, Limiter},
     token::TokenManager,
@@ -95,6 +96,7 @@ pub async fn start(
     let metrics = Metrics::new().with_components(tokens.clone(), limiter.clone());
     let gateway = Gateway::new(upstream, tokens, limiter, default_app, metrics.clone());
 
+    let serving = serving(settings)?;
     let grpc_listener = TcpListener::bind(settings.gateway.listen)
         .await
         .map_err(|e| {
@@ -128,16 +130,13 @@ pub async fn start(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopped) = oneshot::channel::<()>();
-    let limits = Limits {
-        max_request_bytes: settings.gateway.max_request_bytes,
-    };
     let services = Services::new(gateway.clone(), metrics);
     let server_reporter = reporter.clone();
     let server = tokio::spawn(async move {
         grpc::server::serve(
             services,
             grpc_listener,
-            limits,
+            serving,
             server_reporter,
             health,
             async {
@@ -157,6 +156,60 @@ pub async fn start(
         server,
         admin,
         grace: Duration::from_millis(settings.gateway.shutdown_grace_ms),
+    })
+}
+
+/// Safe by default: without callers configured, the gateway is open, which
+/// is allowed only on a loopback address — or behind a mesh that already
+/// authenticates, said out loud with `--insecure-no-auth`.
+fn serving(settings: &Settings) -> Result<Serving, BoxError> {
+    let g = &settings.gateway;
+    let policy = Policy::new(g);
+    if policy.is_open() && !g.listen.ip().is_loopback() && !g.insecure_no_auth {
+        return Err(format!(
+            "refusing to listen on {} without caller authentication: configure [[gateway.callers]] (bearer key hashes or client certificates) or pass --insecure-no-auth if a service mesh authenticates",
+            g.listen
+        )
+        .into());
+    }
+    if g.insecure_no_auth {
+        tracing::warn!(listen = %g.listen, "--insecure-no-auth: callers are not authenticated by the gateway; anyone who reaches this port may act as the Feishu app");
+    }
+    let tls = match &g.tls {
+        None => {
+            if !policy.is_open() && !g.listen.ip().is_loopback() {
+                tracing::warn!("bearer keys travel in plain text: configure gateway.tls unless a mesh encrypts the connection");
+            }
+            None
+        }
+        Some(t) => {
+            let read = |what: &str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    format!(
+                        "cannot read gateway.tls.{what} {}: {}",
+                        path.display(),
+                        e.kind()
+                    )
+                })
+            };
+            let identity = tonic::transport::Identity::from_pem(
+                read("cert_file", &t.cert_file)?,
+                read("key_file", &t.key_file)?,
+            );
+            let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &t.client_ca_file {
+                config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                    "client_ca_file",
+                    ca,
+                )?));
+            }
+            Some(config)
+        }
+    };
+    Ok(Serving {
+        max_request_bytes: g.max_request_bytes,
+        tls,
+        auth: AuthLayer::new(policy, g.max_concurrent_calls, g.max_concurrent_per_caller),
     })
 }
 

@@ -109,6 +109,47 @@ pub struct GatewaySettings {
     /// Limits that replace the documented ones, by endpoint name (TOML only), e.g.
     /// `"hire.v1.applications.cancel_onboard" = [{ limit = 10, per_ms = 1000 }]`.
     pub limits: std::collections::HashMap<String, Vec<WindowSetting>>,
+    /// The services allowed to call, with how each proves who it is (TOML only).
+    pub callers: Vec<CallerSettings>,
+    /// Serve TLS, and with `client_ca_file` require client certificates (mTLS).
+    pub tls: Option<TlsSettings>,
+    /// Whether `grpc.health.v1` answers without credentials (Kubernetes probes).
+    pub health_public: bool,
+    /// Whether server reflection answers without credentials.
+    pub reflection_public: bool,
+    /// Calls served at once, all callers together; more are shed with RESOURCE_EXHAUSTED.
+    pub max_concurrent_calls: usize,
+    /// Calls served at once for one caller.
+    pub max_concurrent_per_caller: usize,
+    /// Set only by `serve --insecure-no-auth`: a mesh in front already authenticates.
+    #[serde(skip)]
+    pub insecure_no_auth: bool,
+}
+
+/// A service allowed to call the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerSettings {
+    /// How audit records and traces name the caller.
+    pub name: String,
+    /// SHA-256 (hex) of the caller's bearer key: the key itself is never stored.
+    pub key_sha256: Option<String>,
+    /// The SPIFFE URI SAN of the caller's client certificate, e.g. `spiffe://corp/ns/hr/sa/portal`.
+    pub spiffe_id: Option<String>,
+    /// A DNS SAN of the caller's client certificate.
+    pub dns_name: Option<String>,
+    /// Full method names it may call; `pkg.Service/*` allows a whole service, `*` everything.
+    pub allow: Vec<String>,
+}
+
+/// TLS for the gRPC port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA that signs the callers' certificates; when set, a client certificate is required.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// One limit window in configuration.
@@ -132,6 +173,13 @@ impl Default for GatewaySettings {
             redis_url: None,
             replicas: 1,
             limits: std::collections::HashMap::new(),
+            callers: Vec::new(),
+            tls: None,
+            health_public: true,
+            reflection_public: false,
+            max_concurrent_calls: 4096,
+            max_concurrent_per_caller: 1024,
+            insecure_no_auth: false,
         }
     }
 }
@@ -156,6 +204,19 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("GATEWAY_SHUTDOWN_GRACE_MS", "gateway.shutdown_grace_ms"),
     ("GATEWAY_REDIS_URL", "gateway.redis_url"),
     ("GATEWAY_REPLICAS", "gateway.replicas"),
+    ("GATEWAY_TLS_CERT_FILE", "gateway.tls.cert_file"),
+    ("GATEWAY_TLS_KEY_FILE", "gateway.tls.key_file"),
+    ("GATEWAY_TLS_CLIENT_CA_FILE", "gateway.tls.client_ca_file"),
+    ("GATEWAY_HEALTH_PUBLIC", "gateway.health_public"),
+    ("GATEWAY_REFLECTION_PUBLIC", "gateway.reflection_public"),
+    (
+        "GATEWAY_MAX_CONCURRENT_CALLS",
+        "gateway.max_concurrent_calls",
+    ),
+    (
+        "GATEWAY_MAX_CONCURRENT_PER_CALLER",
+        "gateway.max_concurrent_per_caller",
+    ),
 ];
 
 /// A setting that is missing or wrong; its `Display` is the one line printed at start-up.
@@ -244,6 +305,35 @@ impl Settings {
                     "gateway.limits.{name:?} needs windows with limit > 0 and per_ms > 0"
                 )));
             }
+        }
+        for (i, caller) in self.gateway.callers.iter().enumerate() {
+            let at = format!("gateway.callers[{i}] ({:?})", caller.name);
+            if caller.name.trim().is_empty() {
+                return Err(ConfigError(format!("{at}: name must not be empty")));
+            }
+            if let Some(hash) = &caller.key_sha256 {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ConfigError(format!(
+                        "{at}: key_sha256 must be 64 hex digits (sha256sum of the key)"
+                    )));
+                }
+            }
+            if caller.key_sha256.is_none()
+                && caller.spiffe_id.is_none()
+                && caller.dns_name.is_none()
+            {
+                return Err(ConfigError(format!(
+                    "{at}: needs key_sha256, spiffe_id or dns_name"
+                )));
+            }
+            if caller.allow.is_empty() {
+                return Err(ConfigError(format!("{at}: allow lists no method")));
+            }
+        }
+        if self.gateway.max_concurrent_calls == 0 || self.gateway.max_concurrent_per_caller == 0 {
+            return Err(ConfigError(
+                "GATEWAY_MAX_CONCURRENT_CALLS and GATEWAY_MAX_CONCURRENT_PER_CALLER must be greater than zero".into(),
+            ));
         }
         if self.gateway.default_limit_per_minute == 0 || self.gateway.replicas == 0 {
             return Err(ConfigError(

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod catalog;
 pub mod codes;
 pub mod config;

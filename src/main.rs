@@ -32,6 +32,10 @@ enum Command {
         /// Run against an in-process Feishu sandbox seeded with demo records (no credentials needed).
         #[arg(long)]
         sandbox: bool,
+        /// Serve without caller authentication on a non-loopback address (only behind a
+        /// service mesh that authenticates callers). Logged as a warning at every start.
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     /// Run only the Feishu sandbox (the simulator), e.g. for benchmarks or SDK checks.
     Sandbox {
@@ -65,7 +69,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let _telemetry = feishu_gateway::telemetry::init()?;
         match cli.command {
-            Command::Serve { config, sandbox } => serve(config, sandbox).await,
+            Command::Serve {
+                config,
+                sandbox,
+                insecure_no_auth,
+            } => serve(config, sandbox, insecure_no_auth).await,
             Command::Sandbox {
                 listen,
                 no_limits,
@@ -102,8 +110,10 @@ fn main() -> ExitCode {
 async fn serve(
     config: Option<PathBuf>,
     sandbox: bool,
+    insecure_no_auth: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut settings = Settings::load(config.as_deref())?;
+    settings.gateway.insecure_no_auth = insecure_no_auth;
     // The sandbox lives as long as this function: it is dropped after draining.
     let mut _sandbox = None;
     let credentials = if sandbox {

@@ -6,7 +6,6 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
@@ -29,11 +28,16 @@ pub const SERVICE_NAMES: &[&str] = &[
     "feishu.hire.v1.ApplicationService",
 ];
 
-/// Serving limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
+/// How the port is served: limits, TLS and the caller policy.
+pub struct Serving {
     pub max_request_bytes: usize,
+    /// Server TLS (and client CA for mTLS), already read from files.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub auth: crate::auth::layer::AuthLayer,
 }
+
+/// Largest header block a caller may send (metadata included).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Marks every service (and the overall status "") as `status`.
 pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -46,7 +50,7 @@ pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 pub async fn serve(
     services: Services,
     listener: TcpListener,
-    limits: Limits,
+    serving: Serving,
     reporter: HealthReporter,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -65,17 +69,28 @@ pub async fn serve(
         .build_v1alpha();
     let (reflection_v1, reflection_v1alpha) = (reflection_v1?, reflection_v1alpha?);
     set_health(&reporter, ServingStatus::Serving).await;
-    let max = limits.max_request_bytes;
-    Server::builder()
-        .tcp_nodelay(true)
+    let max = serving.max_request_bytes;
+    let mut builder = Server::builder();
+    if let Some(tls) = serving.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A connection whose peer stops answering pings is closed.
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_connection_age(Duration::from_secs(30 * 60))
+        .layer(serving.auth)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(PreHireServiceServer::new(services.clone()).max_decoding_message_size(max))
         .add_service(OffboardingServiceServer::new(services.clone()).max_decoding_message_size(max))
         .add_service(ApplicationServiceServer::new(services).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

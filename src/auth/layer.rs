@@ -1,0 +1,176 @@
+//! Applies the [`Policy`] to every gRPC request before tonic routes it, and
+//! sheds load: a call beyond the overall or the caller's concurrency limit
+//! is refused at once with RESOURCE_EXHAUSTED, before its body is read.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+    Code, Status,
+};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{Denial, Policy};
+use crate::grpc::{status::GATEWAY_DOMAIN, CallerIdentity};
+
+/// The layer; cheap to clone.
+#[derive(Clone)]
+pub struct AuthLayer {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    policy: Policy,
+    overall: Arc<Semaphore>,
+    per_caller: HashMap<Arc<str>, Arc<Semaphore>>,
+}
+
+impl AuthLayer {
+    pub fn new(policy: Policy, max_concurrent: usize, per_caller: usize) -> Self {
+        let per_caller = policy
+            .callers
+            .iter()
+            .map(|c| (c.name.clone(), Arc::new(Semaphore::new(per_caller))))
+            .collect();
+        Self {
+            inner: Arc::new(Shared {
+                policy,
+                overall: Arc::new(Semaphore::new(max_concurrent)),
+                per_caller,
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            shared: self.inner.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around tonic's routes.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for Auth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        let bearer = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let certs = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs());
+        let peer = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let decided = shared.policy.check(request.uri().path(), bearer, peer);
+        let caller = match decided {
+            Ok(caller) => caller,
+            Err(denial) => return refuse(denial_status(&denial)),
+        };
+        let Ok(overall) = shared.overall.clone().try_acquire_owned() else {
+            return refuse(shed(
+                "GATEWAY_OVERLOADED",
+                "the gateway is serving as many calls as it allows; retry shortly",
+            ));
+        };
+        let mut permits: Vec<OwnedSemaphorePermit> = vec![overall];
+        if let Some(name) = &caller {
+            if let Some(limit) = shared.per_caller.get(name) {
+                match limit.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => {
+                        return refuse(shed(
+                            "CALLER_CONCURRENCY_EXCEEDED",
+                            "this caller already has as many calls in flight as it is allowed; retry shortly",
+                        ))
+                    }
+                }
+            }
+            request
+                .extensions_mut()
+                .insert(CallerIdentity(name.clone()));
+        }
+        // The clone that was polled ready serves this call; the fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await;
+            drop(permits);
+            response
+        })
+    }
+}
+
+fn refuse<R: Default + Send + 'static, E: Send + 'static>(
+    status: Status,
+) -> BoxFuture<http::Response<R>, E> {
+    Box::pin(std::future::ready(Ok(status.into_http())))
+}
+
+fn denial_status(denial: &Denial) -> Status {
+    let mut details = ErrorDetails::new();
+    match denial {
+        Denial::Unauthenticated { reason } => {
+            details.set_error_info(*reason, GATEWAY_DOMAIN, HashMap::new());
+            Status::with_error_details(
+                Code::Unauthenticated,
+                "the caller is not authenticated: send a valid client certificate or `authorization: Bearer <key>`",
+                details,
+            )
+        }
+        Denial::PermissionDenied { caller } => {
+            details.set_error_info(
+                "METHOD_NOT_ALLOWED",
+                GATEWAY_DOMAIN,
+                HashMap::from([("caller".to_owned(), caller.to_string())]),
+            );
+            Status::with_error_details(
+                Code::PermissionDenied,
+                format!("caller {caller} may not call this method"),
+                details,
+            )
+        }
+    }
+}
+
+fn shed(reason: &str, message: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, GATEWAY_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(std::time::Duration::from_millis(100)));
+    Status::with_error_details(Code::ResourceExhausted, message, details)
+}
