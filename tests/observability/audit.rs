@@ -1,0 +1,223 @@
+//! One audit record per RPC, on target `audit`, checked field by field: who
+//! called, which method, the resource, the other IDs involved, the length of
+//! the free text (never the text), the outcome and Feishu's log id.
+
+use super::*;
+
+/// The one audit line of the call traced by `caller`, as text and parsed.
+fn audit_line(caller: &TraceParent) -> (String, serde_json::Map<String, Value>) {
+    let lines: Vec<Value> = caller
+        .lines()
+        .into_iter()
+        .filter(|l| l["target"] == "audit")
+        .collect();
+    assert_eq!(lines.len(), 1, "one audit record per call: {lines:#?}");
+    let line = &lines[0];
+    assert_eq!(line["level"], "INFO", "{line}");
+    let fields = line["fields"].as_object().expect("fields").clone();
+    (line.to_string(), fields)
+}
+
+/// What a call's audit record must hold.
+struct Expected<'a> {
+    method: &'a str,
+    subject: String,
+    related: &'a str,
+    text_chars: Option<u64>,
+    outcome: &'a str,
+    reason: &'a str,
+    feishu_log_id: &'a str,
+}
+
+fn check(caller: &TraceParent, expected: &Expected<'_>, secret_text: &[&str]) -> String {
+    let (text, fields) = audit_line(caller);
+    let mut keys: Vec<&str> = fields.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut wanted = vec![
+        "caller",
+        "elapsed_ms",
+        "feishu_log_id",
+        "message",
+        "method",
+        "outcome",
+        "reason",
+        "related",
+        "subject",
+    ];
+    if expected.text_chars.is_some() {
+        wanted.push("text_chars");
+    }
+    wanted.sort_unstable();
+    assert_eq!(keys, wanted, "{text}");
+    assert_eq!(fields["message"], "audit");
+    let who = fields["caller"].as_str().expect("caller");
+    assert_anonymous_loopback_caller(who);
+    assert_eq!(fields["method"], expected.method, "{text}");
+    assert_eq!(fields["subject"], expected.subject.as_str(), "{text}");
+    assert_eq!(fields["related"], expected.related, "{text}");
+    if let Some(n) = expected.text_chars {
+        assert_eq!(fields["text_chars"], n, "{text}");
+    }
+    assert_eq!(fields["outcome"], expected.outcome, "{text}");
+    assert_eq!(fields["reason"], expected.reason, "{text}");
+    assert_eq!(fields["feishu_log_id"], expected.feishu_log_id, "{text}");
+    assert!(fields["elapsed_ms"].is_u64(), "{text}");
+    for secret in secret_text {
+        assert!(
+            !text.contains(secret),
+            "the audit record carries {secret:?}: {text}"
+        );
+    }
+    who.to_owned()
+}
+
+#[tokio::test]
+async fn every_rpc_leaves_one_audit_record_field_by_field() {
+    observe();
+    let h = common::start().await;
+    let mut callers = Vec::new();
+
+    let t = TraceParent::new();
+    let response = h
+        .pre_hire()
+        .withdraw_onboarding(t.request(withdraw(demo::PRE_HIRE_READY)))
+        .await
+        .expect("withdraw");
+    assert_eq!(REASON.chars().count(), 7);
+    callers.push(check(
+        &t,
+        &Expected {
+            method: methods::WITHDRAW_ONBOARDING,
+            subject: format!("pre_hires/{}", demo::PRE_HIRE_READY),
+            related: "",
+            text_chars: Some(7),
+            outcome: "OK",
+            reason: "",
+            feishu_log_id: &log_id_of(&response),
+        },
+        &[REASON],
+    ));
+
+    let t = TraceParent::new();
+    let response = h
+        .pre_hire()
+        .restore_flow_instance(t.request(restore(demo::PRE_HIRE_HEADCOUNT_FULL, Some(true))))
+        .await
+        .expect("restore, headcount confirmed");
+    callers.push(check(
+        &t,
+        &Expected {
+            method: methods::RESTORE_FLOW_INSTANCE,
+            subject: format!("pre_hires/{}", demo::PRE_HIRE_HEADCOUNT_FULL),
+            related: "confirm_workforce:true",
+            text_chars: None,
+            outcome: "OK",
+            reason: "",
+            feishu_log_id: &log_id_of(&response),
+        },
+        &[],
+    ));
+
+    let operator = "6982509313466189341";
+    let t = TraceParent::new();
+    let response = h
+        .offboarding()
+        .revoke(t.request(revoke(demo::OFFBOARDING, Some(operator))))
+        .await
+        .expect("revoke");
+    callers.push(check(
+        &t,
+        &Expected {
+            method: methods::REVOKE,
+            subject: format!("offboardings/{}", demo::OFFBOARDING),
+            related: &format!("operator:{operator}"),
+            text_chars: None,
+            outcome: "OK",
+            reason: "",
+            feishu_log_id: &log_id_of(&response),
+        },
+        &[],
+    ));
+
+    let t = TraceParent::new();
+    let request = cancel(demo::APPLICATION);
+    let notes = request.termination_reason_notes.clone().unwrap();
+    let response = h
+        .application()
+        .cancel_onboard(t.request(request))
+        .await
+        .expect("cancel onboard");
+    callers.push(check(
+        &t,
+        &Expected {
+            method: methods::CANCEL_ONBOARD,
+            subject: format!("applications/{}", demo::APPLICATION),
+            related: &format!(
+                "termination_type:22,termination_reason:{}",
+                demo::TERMINATION_REASON
+            ),
+            text_chars: Some(notes.chars().count() as u64),
+            outcome: "OK",
+            reason: "",
+            feishu_log_id: &log_id_of(&response),
+        },
+        &[&notes],
+    ));
+    assert_eq!(notes.chars().count(), 8);
+
+    // Feishu refuses: the gRPC code, the reason and Feishu's log id are kept.
+    let t = TraceParent::new();
+    let status = h
+        .pre_hire()
+        .withdraw_onboarding(t.request(withdraw(demo::PRE_HIRE_ONBOARDED)))
+        .await
+        .expect_err("onboarded");
+    assert_eq!(error_reason(&status), "PRE_HIRE_STAGE_NOT_ALLOWED");
+    callers.push(check(
+        &t,
+        &Expected {
+            method: methods::WITHDRAW_ONBOARDING,
+            subject: format!("pre_hires/{}", demo::PRE_HIRE_ONBOARDED),
+            related: "",
+            text_chars: Some(7),
+            outcome: "FAILED_PRECONDITION",
+            reason: "PRE_HIRE_STAGE_NOT_ALLOWED",
+            feishu_log_id: &error_log_id(&status),
+        },
+        &[REASON],
+    ));
+
+    // Refused before Feishu: audited too, without a Feishu log id.
+    let t = TraceParent::new();
+    let status = h
+        .pre_hire()
+        .withdraw_onboarding(t.request(WithdrawOnboardingRequest {
+            pre_hire_id: "bad id".into(),
+            withdraw_reason: REASON.into(),
+        }))
+        .await
+        .expect_err("invalid id");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    callers.push(check(
+        &t,
+        &Expected {
+            method: methods::WITHDRAW_ONBOARDING,
+            subject: "pre_hires/bad id".into(),
+            related: "",
+            text_chars: Some(7),
+            outcome: "INVALID_ARGUMENT",
+            reason: &error_reason(&status),
+            feishu_log_id: "",
+        },
+        &[REASON],
+    ));
+
+    // One connection, one caller; the rpc span names the same one.
+    callers.dedup();
+    assert_eq!(callers.len(), 1, "{callers:?}");
+    let spans = t.spans(&[methods::WITHDRAW_ONBOARDING]).await;
+    assert_eq!(
+        text_attr(one(&spans, methods::WITHDRAW_ONBOARDING), "caller"),
+        callers[0]
+    );
+}
