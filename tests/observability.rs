@@ -14,6 +14,8 @@ mod audit;
 mod common;
 #[path = "observability/metrics.rs"]
 mod metrics;
+#[path = "observability/process.rs"]
+mod process;
 #[path = "observability/secrets.rs"]
 mod secrets;
 #[path = "observability/spans.rs"]
@@ -340,21 +342,18 @@ fn revoke(offboarding_id: &str, operator_id: Option<&str>) -> RevokeRequest {
     }
 }
 
-/// Sandbox with the demo records; gateway limits `endpoint` to one call per 300 ms.
-async fn start_limited(endpoint: &str) -> common::Harness {
+/// Sandbox with the demo records; gateway limits `endpoint` to one call per `per_ms`.
+async fn start_limited(endpoint: &str, per_ms: u64) -> common::Harness {
     common::start_with(
         SandboxConfig {
             seed_demo: true,
             ..SandboxConfig::default()
         },
         |settings| {
-            settings.gateway.limits.insert(
-                endpoint.into(),
-                vec![WindowSetting {
-                    limit: 1,
-                    per_ms: 300,
-                }],
-            );
+            settings
+                .gateway
+                .limits
+                .insert(endpoint.into(), vec![WindowSetting { limit: 1, per_ms }]);
         },
     )
     .await

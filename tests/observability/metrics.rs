@@ -7,7 +7,7 @@ use super::*;
 #[tokio::test]
 async fn metrics_move_with_calls() {
     observe();
-    let h = start_limited(WITHDRAW_ENDPOINT).await;
+    let h = start_limited(WITHDRAW_ENDPOINT, 1000).await;
     let method = methods::WITHDRAW_ONBOARDING;
     let rpcs = |text: &str, code| {
         sample(
@@ -60,16 +60,21 @@ async fn metrics_move_with_calls() {
         "one token request for the cold start"
     );
 
-    // The second call waits for its slot (one per 300 ms): in flight meanwhile.
+    // The second call waits for its slot (one per second): in flight meanwhile.
     let mut client = h.pre_hire();
     let waiting = tokio::spawn(async move {
         client
             .withdraw_onboarding(withdraw(demo::PRE_HIRE_ONBOARDED))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let during = scrape(&h).await;
-    assert_eq!(in_flight(&during), 1.0, "{during}");
+    loop {
+        let during = scrape(&h).await;
+        if in_flight(&during) == 1.0 {
+            break;
+        }
+        assert!(!waiting.is_finished(), "never seen in flight: {during}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = waiting.await.unwrap().expect_err("onboarded");
     assert_eq!(status.code(), Code::FailedPrecondition);
 
