@@ -221,3 +221,100 @@ async fn every_rpc_leaves_one_audit_record_field_by_field() {
         callers[0]
     );
 }
+
+/// A gRPC client over one raw HTTP/2 connection: unlike a tonic `Channel`,
+/// it sends `grpc-timeout` without a timer of its own, so the caller sees the
+/// status the gateway answers at its deadline (less its 50 ms margin) even on
+/// a machine too loaded to beat the client's timer.
+async fn untimed_client(
+    addr: std::net::SocketAddr,
+) -> feishu_gateway::pb::feishu::corehr::v2::pre_hire_service_client::PreHireServiceClient<
+    impl tonic::client::GrpcService<
+            tonic::body::Body,
+            ResponseBody = hyper::body::Incoming,
+            Error = hyper::Error,
+            Future = impl Send,
+        > + Clone,
+> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+        let mut send = send.clone();
+        async move {
+            send.ready().await?;
+            send.send_request(request).await
+        }
+    });
+    let origin = format!("http://{addr}").parse().expect("uri");
+    feishu_gateway::pb::feishu::corehr::v2::pre_hire_service_client::PreHireServiceClient::with_origin(service, origin)
+}
+
+/// A call whose deadline (`grpc-timeout`) passes while Feishu works is
+/// answered by the gateway itself, audited and counted as DEADLINE_EXCEEDED.
+#[tokio::test]
+async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
+    observe();
+    let h = common::start_with(
+        SandboxConfig {
+            seed_demo: true,
+            processing_delay: Duration::from_millis(1500),
+            ..SandboxConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut client = untimed_client(h.gateway.grpc_addr).await;
+    let caller = TraceParent::new();
+    let mut request = caller.request(withdraw(demo::PRE_HIRE_READY));
+    request.set_timeout(Duration::from_millis(500));
+    let status = client
+        .withdraw_onboarding(request)
+        .await
+        .expect_err("Feishu is slower than the deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(error_reason(&status), "UPSTREAM_DEADLINE_EXCEEDED");
+    check(
+        &caller,
+        &Expected {
+            method: methods::WITHDRAW_ONBOARDING,
+            subject: format!("pre_hires/{}", demo::PRE_HIRE_READY),
+            related: "",
+            text_chars: Some(7),
+            outcome: "DEADLINE_EXCEEDED",
+            reason: "UPSTREAM_DEADLINE_EXCEEDED",
+            feishu_log_id: "",
+        },
+        &[REASON],
+    );
+    let metrics = scrape(&h).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "feishu_gateway_rpcs_total",
+            &[
+                ("method", methods::WITHDRAW_ONBOARDING),
+                ("code", "DEADLINE_EXCEEDED")
+            ]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "feishu_gateway_upstream_duration_seconds_count",
+            &[
+                ("endpoint", WITHDRAW_ENDPOINT),
+                ("feishu_code", "callerdeadline")
+            ]
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
