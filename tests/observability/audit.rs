@@ -318,3 +318,74 @@ async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
         "{metrics}"
     );
 }
+
+/// A caller that gives up (its call dropped: RST_STREAM) after the write went
+/// to Feishu still leaves its audit record and its RPC count: the write may
+/// have run. Today none of it happens: tonic drops the handler's future when
+/// the stream is reset, so `Services::handle` never reaches its metrics and
+/// audit code (only the in-flight guard runs) and the `rpc` span ends without
+/// a status. A client whose own timer beats the gateway's 50 ms reply margin
+/// (`grpc-timeout`, a cold connection) lands in the same hole.
+#[tokio::test]
+async fn a_call_the_caller_abandons_after_sending_is_still_audited_and_counted() {
+    observe();
+    let h = common::start_with(
+        SandboxConfig {
+            seed_demo: true,
+            processing_delay: Duration::from_millis(400),
+            ..SandboxConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let caller = TraceParent::new();
+    let mut client = h.pre_hire();
+    let mut call =
+        Box::pin(client.withdraw_onboarding(caller.request(withdraw(demo::PRE_HIRE_READY))));
+    // Give up once the write has reached Feishu (which holds it 400 ms).
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.business_requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "nothing reached Feishu"
+        );
+        tokio::select! {
+            answer = &mut call => panic!("answered before the caller gave up: {answer:?}"),
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    drop(call); // RST_STREAM: the caller is gone.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let sent = h.business_requests();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+
+    let metrics = scrape(&h).await;
+    assert_eq!(
+        sample(&metrics, "feishu_gateway_rpcs_in_flight", &[]),
+        0.0,
+        "{metrics}"
+    );
+    let spans = caller.spans(&[methods::WITHDRAW_ONBOARDING]).await;
+    let rpc = one(&spans, methods::WITHDRAW_ONBOARDING);
+    let audits = caller
+        .lines()
+        .into_iter()
+        .filter(|l| l["target"] == "audit")
+        .count();
+    let counted = sample(
+        &metrics,
+        "feishu_gateway_rpcs_total",
+        &[
+            ("method", methods::WITHDRAW_ONBOARDING),
+            ("code", "CANCELLED"),
+        ],
+    );
+    let stage = h.sandbox.pre_hire(demo::PRE_HIRE_READY).map(|p| p.stage);
+    assert!(
+        audits == 1 && counted == 1.0 && attr(rpc, "rpc.grpc.status_code").is_some(),
+        "an abandoned call whose write reached Feishu (pre-hire now {stage:?}): \
+         {audits} audit records, counted {counted} times as CANCELLED, \
+         rpc span status {:?}",
+        attr(rpc, "rpc.grpc.status_code")
+    );
+}

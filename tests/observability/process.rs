@@ -390,3 +390,39 @@ async fn rust_log_sets_the_level_of_the_lines() {
         "{lines:#?}"
     );
 }
+
+/// RUST_LOG quiets log lines; it must not switch off the traces sent to the
+/// collector nor the audit trail (one record per state-changing call). Both
+/// go today: `telemetry::init` puts the RUST_LOG filter in front of every
+/// layer, the OpenTelemetry one included, and the audit record is an
+/// ordinary INFO event.
+#[tokio::test]
+async fn a_quieter_rust_log_keeps_the_traces_and_the_audit_trail() {
+    observe();
+    let (receiver, otlp) = Receiver::start().await;
+    let mut gw = launch(&[
+        ("RUST_LOG", "warn,feishu_gateway::app=info".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+    ])
+    .await;
+    let caller = TraceParent::new();
+    gw.client
+        .withdraw_onboarding(caller.request(withdraw(demo::PRE_HIRE_READY)))
+        .await
+        .expect("withdraw");
+    let lines = gw.stop().await;
+    let spans: Vec<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|(_, s)| hex(&s.trace_id) == caller.trace)
+        .map(|(_, s)| s.name)
+        .collect();
+    let audits = json_lines(&lines, &["INFO", "WARN", "ERROR"])
+        .iter()
+        .filter(|l| l["target"] == "audit")
+        .count();
+    assert!(
+        spans.iter().any(|n| n == methods::WITHDRAW_ONBOARDING) && audits == 1,
+        "with RUST_LOG=warn: spans exported {spans:?}, audit records {audits}"
+    );
+}

@@ -212,3 +212,45 @@ async fn a_call_without_traceparent_starts_its_own_trace_and_its_lines_carry_it(
     assert_child_of(one(&spans, WITHDRAW_ENDPOINT), rpc);
     assert_eq!(int_attr(rpc, "rpc.grpc.status_code"), Code::NotFound as i64);
 }
+
+/// Backends compare and aggregate numbers (`http.status_code >= 500`): the
+/// numeric attributes must be exported as integers. tracing-opentelemetry
+/// exports `u64` fields through `Debug` (as text); the gateway records
+/// `http.status_code` (u16), `attempt` (u32) and `wait_ms` (u64) unconverted.
+#[tokio::test]
+async fn numeric_span_attributes_are_exported_as_integers() {
+    observe();
+    let h = start_limited(WITHDRAW_ENDPOINT, 1000).await;
+    let (first, second) = (TraceParent::new(), TraceParent::new());
+    for (caller, id) in [
+        (&first, demo::PRE_HIRE_READY),
+        (&second, demo::PRE_HIRE_ONBOARDED),
+    ] {
+        let _ = h
+            .pre_hire()
+            .withdraw_onboarding(caller.request(withdraw(id)))
+            .await;
+    }
+    let mut spans = first.spans(&[WITHDRAW_ENDPOINT]).await;
+    spans.extend(second.spans(&[WITHDRAW_ENDPOINT, "quota_wait"]).await);
+    let mut wrong = Vec::new();
+    for span in &spans {
+        for key in [
+            "http.status_code",
+            "feishu.code",
+            "attempt",
+            "wait_ms",
+            "rpc.grpc.status_code",
+        ] {
+            match attr(span, key) {
+                None | Some(Attr::I64(_)) => {}
+                Some(other) => wrong.push(format!("{}: {key} = {other:?}", span.name)),
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not exported as integers:\n{}",
+        wrong.join("\n")
+    );
+}
