@@ -27,6 +27,7 @@ use std::{
 
 use http::HeaderValue;
 use tokio::time::Instant;
+use tracing::{field::Empty, Instrument};
 
 use crate::{
     catalog,
@@ -311,13 +312,22 @@ impl TokenManager {
         if ahead {
             self.inner.stats.refresh_ahead(&key.app);
         }
+        let span = fetch_span(
+            &key.app,
+            key.tenant.as_deref(),
+            RequestKind::TenantAccessToken,
+            ahead,
+        );
         let this = self.clone();
         let key = key.clone();
         async move {
-            let token = Arc::new(this.fetch(&key).await?);
+            let fetched = this.fetch(&key).await;
+            record_outcome(&fetched);
+            let token = Arc::new(fetched?);
             this.schedule_refresh(key, &token);
             Ok(token)
         }
+        .instrument(span)
     }
 
     /// Refreshes `token` at its `refresh_at` if calls used it, so that a steady
@@ -355,6 +365,37 @@ impl TokenManager {
                 endpoint: catalog::TENANT_ACCESS_TOKEN_INTERNAL.name,
             },
         }
+    }
+}
+
+/// The span of one token fetch. It runs in its own task; its parent is the
+/// span of the call that started it (none for a timer's refresh ahead), so
+/// that the fetch shows in that call's trace and its log lines carry its trace id.
+pub(super) fn fetch_span(
+    app: &str,
+    tenant: Option<&str>,
+    kind: RequestKind,
+    ahead: bool,
+) -> tracing::Span {
+    tracing::info_span!(
+        parent: tracing::Span::current(),
+        "token_refresh",
+        otel.name = "token_refresh",
+        app,
+        tenant,
+        kind = kind.label(),
+        ahead,
+        outcome = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+/// Notes how the fetch of the current [`fetch_span`] ended (never its token).
+pub(super) fn record_outcome<T>(result: &Result<T, Error>) {
+    let span = tracing::Span::current();
+    span.record("outcome", Outcome::of(result).label());
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

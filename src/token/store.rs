@@ -15,12 +15,14 @@ use std::{
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::{sync::watch, time::Instant};
+use tracing::Instrument;
 
 use super::{
     fetch::lease,
+    fetch_span,
     flight::{Flight, Lease, WaitError},
     lifetime::Schedule,
-    App, RequestKind, Token, TokenManager,
+    record_outcome, App, RequestKind, Token, TokenManager,
 };
 use crate::{catalog::Endpoint, error::Error};
 
@@ -245,9 +247,15 @@ impl TokenManager {
             if ahead {
                 self.inner.stats.refresh_ahead(name);
             }
+            let span = fetch_span(name, None, RequestKind::AppAccessToken, ahead);
             let this = self.clone();
             let name = name.clone();
-            async move { this.fetch_app_token(&name).await.map(Arc::new) }
+            async move {
+                let fetched = this.fetch_app_token(&name).await;
+                record_outcome(&fetched);
+                fetched.map(Arc::new)
+            }
+            .instrument(span)
         };
         match store.app_token.get(deadline, start).await {
             Ok(token) => Ok(token),
