@@ -105,6 +105,19 @@ pub enum FaultKind {
     Malformed,
 }
 
+impl FaultKind {
+    /// Stable label for metrics (`feishu_code` of the upstream histogram).
+    pub fn label(self) -> &'static str {
+        match self {
+            FaultKind::Connect => "connect",
+            FaultKind::Timeout => "timeout",
+            FaultKind::CallerDeadline => "caller_deadline",
+            FaultKind::Dropped => "dropped",
+            FaultKind::Malformed => "malformed",
+        }
+    }
+}
+
 /// Feishu gave no usable answer.
 #[derive(Debug, Clone)]
 pub struct UpstreamFault {

@@ -11,7 +11,9 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource};
 use tonic::metadata::MetadataMap;
-use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+use tracing_subscriber::{
+    filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+};
 
 /// The log target of the audit trail (one record per state-changing call).
 pub const AUDIT_TARGET: &str = "audit";
@@ -32,12 +34,17 @@ impl Drop for Telemetry {
 /// Installs the global subscriber. Must run inside the Tokio runtime (the
 /// OTLP exporter's client needs it).
 pub fn init() -> Result<Telemetry, Box<dyn std::error::Error + Send + Sync>> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG sets the level of the log lines only: the audit trail stays on
+    // at any level, and traces have their own filter (every span of ours).
+    let log_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(format!("{AUDIT_TARGET}=info").parse()?);
     let logs = tracing_subscriber::fmt::layer()
         .json()
         .with_current_span(false)
         .with_span_list(true)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_filter(log_filter);
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
     let provider = if endpoint.trim().is_empty() {
         None
@@ -56,11 +63,12 @@ pub fn init() -> Result<Telemetry, Box<dyn std::error::Error + Send + Sync>> {
                 .build(),
         )
     };
-    let traces = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("feishu-gateway")));
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("feishu-gateway"))
+            .with_filter(Targets::new().with_target("feishu_gateway", tracing::Level::INFO))
+    });
     tracing_subscriber::registry()
-        .with(filter)
         .with(logs)
         .with(traces)
         .try_init()?;

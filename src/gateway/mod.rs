@@ -169,7 +169,8 @@ impl Gateway {
                 otel.name = endpoint.name,
                 otel.kind = "client",
                 endpoint = endpoint.name,
-                attempt,
+                // Signed: tracing-opentelemetry exports unsigned fields as text.
+                attempt = i64::from(attempt),
                 http.status_code = Empty,
                 feishu.code = Empty,
                 feishu.log_id = Empty,
@@ -188,11 +189,8 @@ impl Gateway {
                 .await;
             let took = sent_at.elapsed();
             if let Err(fault) = &sent {
-                self.metrics.upstream(
-                    endpoint.name,
-                    format!("{:?}", fault.kind).to_lowercase(),
-                    took,
-                );
+                self.metrics
+                    .upstream(endpoint.name, fault.kind.label().to_owned(), took);
             }
             let raw = match sent {
                 Ok(raw) => raw,
@@ -209,7 +207,7 @@ impl Gateway {
                 Err(fault) => return Err(fault.into()),
             };
             let log_id = raw.log_id.clone();
-            span.record("http.status_code", raw.status);
+            span.record("http.status_code", i64::from(raw.status));
             if let Some(l) = &log_id {
                 span.record("feishu.log_id", l.as_str());
             }

@@ -75,48 +75,88 @@ impl Services {
 
         let (ctx, locale) = context::read(request.metadata());
         let message = request.into_inner();
-        let result = self
-            .gateway
-            .call(&ctx, &message)
-            .instrument(span.clone())
-            .await;
-        let (reply, code, reason, log_id) = match result {
+        let facts = message.audit();
+        // Written however the call ends: a caller that gives up (its stream
+        // reset) drops this future, and the guard still records it as CANCELLED.
+        let mut record = Record {
+            metrics: &self.metrics,
+            method,
+            started,
+            caller,
+            subject: message.subject(),
+            related: facts.related.join(","),
+            text_chars: facts.text_chars,
+            span: span.clone(),
+            done: false,
+        };
+        let result = self.gateway.call(&ctx, &message).instrument(span).await;
+        match result {
             Ok(answer) => {
-                let log_id = answer.log_id.clone();
+                record.finish(Code::Ok, "", answer.log_id.as_deref());
                 let mut response = Response::new(answer.value);
                 if let Some(value) = answer.log_id.and_then(|l| l.parse().ok()) {
                     response.metadata_mut().insert(LOG_ID_HEADER, value);
                 }
-                (Ok(response), Code::Ok, String::new(), log_id)
+                Ok(response)
             }
             Err(e) => {
                 let status = status::to_status(&e, locale);
                 let details = status.get_error_details();
                 let info = details.error_info();
-                let reason = info.map(|i| i.reason.clone()).unwrap_or_default();
-                let log_id = info.and_then(|i| i.metadata.get("logId").cloned());
-                (Err(status.clone()), status.code(), reason, log_id)
+                record.finish(
+                    status.code(),
+                    info.map_or("", |i| i.reason.as_str()),
+                    info.and_then(|i| i.metadata.get("logId"))
+                        .map(String::as_str),
+                );
+                Err(status)
             }
-        };
-        span.record("rpc.grpc.status_code", code as i32);
-        self.metrics.rpc_finished(method, code, started.elapsed());
-        let facts = message.audit();
-        span.in_scope(|| {
+        }
+    }
+}
+
+/// The end of one call: its RPC metrics, its span status and its audit record.
+struct Record<'a> {
+    metrics: &'a Metrics,
+    method: &'static str,
+    started: Instant,
+    caller: Arc<str>,
+    subject: String,
+    related: String,
+    text_chars: Option<usize>,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Record<'_> {
+    fn finish(&mut self, code: Code, reason: &str, log_id: Option<&str>) {
+        self.done = true;
+        self.span.record("rpc.grpc.status_code", code as i32);
+        self.metrics
+            .rpc_finished(self.method, code, self.started.elapsed());
+        self.span.in_scope(|| {
             tracing::info!(
                 target: telemetry::AUDIT_TARGET,
-                caller = %caller,
-                method,
-                subject = %message.subject(),
-                related = %facts.related.join(","),
-                text_chars = facts.text_chars,
+                caller = %self.caller,
+                method = self.method,
+                subject = %self.subject,
+                related = %self.related,
+                text_chars = self.text_chars,
                 outcome = crate::codes::code_name(code),
-                reason = %reason,
-                feishu_log_id = log_id.as_deref().unwrap_or(""),
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                reason,
+                feishu_log_id = log_id.unwrap_or(""),
+                elapsed_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
                 "audit"
             );
         });
-        reply
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Code::Cancelled, "CALLER_CANCELLED", None);
+        }
     }
 }
 

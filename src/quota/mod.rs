@@ -252,7 +252,7 @@ impl Limiter {
                         .instrument(tracing::info_span!(
                             "quota_wait",
                             endpoint = endpoint.name,
-                            wait_ms = waited.as_millis() as u64
+                            wait_ms = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX)
                         ))
                         .await;
                 }

@@ -311,7 +311,7 @@ async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
             "feishu_gateway_upstream_duration_seconds_count",
             &[
                 ("endpoint", WITHDRAW_ENDPOINT),
-                ("feishu_code", "callerdeadline")
+                ("feishu_code", "caller_deadline")
             ]
         ),
         1.0,
