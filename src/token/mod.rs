@@ -197,11 +197,6 @@ impl TokenManager {
         out
     }
 
-    /// Whether `app` is configured.
-    pub fn knows(&self, app: &str) -> bool {
-        self.inner.apps.contains_key(app)
-    }
-
     /// The cache key for a call: a self-built app has ONE token whatever tenant
     /// the caller names (so made-up tenant keys cannot multiply token requests
     /// or quota keys); a store app needs a well-formed tenant key.
