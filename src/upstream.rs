@@ -122,9 +122,22 @@ impl Upstream {
         let exchange = async {
             let response = builder.send().await?;
             let status = response.status().as_u16();
-            let headers = response.headers().clone();
+            let headers = response.headers();
+            let log_id = header_str(headers, LOG_ID_HEADER).map(str::to_owned);
+            let ratelimit_limit =
+                header_str(headers, "x-ogw-ratelimit-limit").and_then(|v| v.trim().parse().ok());
+            let ratelimit_reset = header_str(headers, "x-ogw-ratelimit-reset")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
+                .map(Duration::from_secs_f64);
             let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, headers, body))
+            Ok::<_, reqwest::Error>(RawAnswer {
+                status,
+                log_id,
+                ratelimit_limit,
+                ratelimit_reset,
+                body,
+            })
         };
         match tokio::time::timeout(budget, exchange).await {
             Err(_) if callers => Err(fault(
@@ -136,19 +149,9 @@ impl Upstream {
                 format!("no answer within {budget:?}"),
             )),
             Ok(Err(e)) => Err(classify(&e, fault)),
-            Ok(Ok((status, headers, body))) => {
+            Ok(Ok(answer)) => {
                 self.record_latency(now.elapsed());
-                Ok(RawAnswer {
-                    status,
-                    log_id: header_str(&headers, LOG_ID_HEADER).map(str::to_owned),
-                    ratelimit_limit: header_str(&headers, "x-ogw-ratelimit-limit")
-                        .and_then(|v| v.trim().parse().ok()),
-                    ratelimit_reset: header_str(&headers, "x-ogw-ratelimit-reset")
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
-                        .map(Duration::from_secs_f64),
-                    body,
-                })
+                Ok(answer)
             }
         }
     }

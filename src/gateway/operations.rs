@@ -148,7 +148,12 @@ impl Operation for CancelOnboardRequest {
             ));
         }
         for (i, reason) in self.termination_reason_id_list.iter().enumerate() {
-            validate::id(&format!("termination_reason_id_list[{i}]"), reason, out);
+            let before = out.len();
+            validate::id("", reason, out);
+            // Named only when wrong: no allocation on the valid path.
+            for v in &mut out[before..] {
+                v.field = format!("termination_reason_id_list[{i}]");
+            }
         }
         if let Some(notes) = &self.termination_reason_notes {
             validate::text(
