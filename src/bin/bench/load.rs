@@ -266,13 +266,19 @@ impl Run {
         }
     }
 
-    fn merge(&mut self, other: Run) {
+    /// Adds another run's calls (and time) to this one; `finish` sorts the latencies.
+    pub fn merge(&mut self, other: Run) {
+        self.seconds += other.seconds;
         self.ok += other.ok;
         self.quota_refused += other.quota_refused;
         self.feishu_limited += other.feishu_limited;
         self.late += other.late;
         self.failed += other.failed;
         self.latencies_us.extend(other.latencies_us);
+    }
+
+    pub fn finish(&mut self) {
+        self.latencies_us.sort_unstable();
     }
 
     pub fn calls(&self) -> u64 {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::load::{self, Client, Op, Rest, Run};
-use crate::procs::{self, BoxError, Usage, Workdir};
+use crate::procs::{self, BoxError, Workdir};
+use crate::report::{machine, round};
 use crate::sdk;
 
 /// Options of `bench perf`.
@@ -16,6 +17,10 @@ pub struct PerfArgs {
     /// Seconds of each measured phase.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// The gateway and the floor alternate in slices of this many seconds, so that both
+    /// see the same (shared, noisy) machine.
+    #[arg(long, default_value_t = 2.0)]
+    pub slice: f64,
     /// Concurrent callers of the saturation phases.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -50,37 +55,69 @@ const PERF_TOML: &str = r#"# Limits far above anything one machine reaches: the 
 "hire.v1.applications.cancel_onboard" = [{ limit = 1000000000, per_ms = 1000 }]
 "#;
 
-/// CPU of the gateway, the sandbox and the bench itself across one phase.
-struct Meter {
-    pids: [String; 3],
-    before: [Usage; 3],
-    tick_us: f64,
+/// CPU ticks so far of the gateway, the sandbox and the bench itself.
+fn ticks(pids: &[String; 3]) -> [u64; 3] {
+    pids.each_ref().map(|p| procs::usage(p).cpu_ticks)
 }
 
-impl Meter {
-    fn start(gateway: u32, sandbox: u32, tick_us: f64) -> Self {
-        let pids = [gateway.to_string(), sandbox.to_string(), "self".to_owned()];
-        let before = [
-            procs::usage(&pids[0]),
-            procs::usage(&pids[1]),
-            procs::usage(&pids[2]),
-        ];
-        Self {
-            pids,
-            before,
-            tick_us,
-        }
-    }
+/// How a phase loads its target.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// N callers, each calling again as soon as answered.
+    Closed(usize),
+    /// A fixed rate of calls per second.
+    Open(f64),
+}
 
-    /// µs of CPU per call for (gateway, sandbox, bench).
-    fn per_call(&self, calls: u64) -> [f64; 3] {
-        let mut out = [0.0; 3];
-        for (i, o) in out.iter_mut().enumerate() {
-            let after = procs::usage(&self.pids[i]);
-            let ticks = after.cpu_ticks.saturating_sub(self.before[i].cpu_ticks);
-            *o = ticks as f64 * self.tick_us / calls.max(1) as f64;
+/// One side of a comparison: its calls, and the CPU ticks of (gateway, sandbox, bench)
+/// during its slices.
+#[derive(Default)]
+struct Side {
+    run: Run,
+    ticks: [u64; 3],
+}
+
+impl Side {
+    fn cpu_us_per_call(&self, i: usize, tick_us: f64) -> f64 {
+        self.ticks[i] as f64 * tick_us / self.run.calls().max(1) as f64
+    }
+}
+
+/// What a comparison needs: both clients, the processes to meter, the slice length.
+struct Bench {
+    gw: Client,
+    floor: Client,
+    pids: [String; 3],
+    base: String,
+    slice: Duration,
+}
+
+impl Bench {
+    /// The gateway and the floor under the same load for `total` each, alternating.
+    async fn compare(&self, op: Op, load: Load, total: Duration) -> (Side, Side) {
+        let slices = (total.as_secs_f64() / self.slice.as_secs_f64())
+            .ceil()
+            .max(1.0);
+        let each = total.div_f64(slices);
+        let (mut g, mut f) = (Side::default(), Side::default());
+        for _ in 0..slices as usize {
+            for (client, side) in [(&self.gw, &mut g), (&self.floor, &mut f)] {
+                reset_stats(&self.base).await;
+                let before = ticks(&self.pids);
+                let run = match load {
+                    Load::Closed(n) => load::closed_loop(client, op, n, each).await,
+                    Load::Open(rate) => load::open_loop(client, op, rate, each, None, 20_000).await,
+                };
+                let after = ticks(&self.pids);
+                for i in 0..3 {
+                    side.ticks[i] += after[i].saturating_sub(before[i]);
+                }
+                side.run.merge(run);
+            }
         }
-        out
+        g.run.finish();
+        f.run.finish();
+        (g, f)
     }
 }
 
@@ -97,11 +134,6 @@ fn run_json(r: &Run) -> Value {
             "max": r.latencies_us.last().copied().unwrap_or(0),
         },
     })
-}
-
-pub fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -141,14 +173,22 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
     sorted.sort_by(f64::total_cmp);
     let startup_median = sorted[sorted.len() / 2];
 
-    let gw =
-        Client::Gateway(load::channels(gateway.grpc, connections_for(args.concurrency)).await?);
-    let floor = Client::Rest(Rest::connect(&base).await?);
-    let (gpid, spid) = (gateway.proc.pid(), sandbox.pid());
+    let bench = Bench {
+        gw: Client::Gateway(load::channels(gateway.grpc, connections_for(args.concurrency)).await?),
+        floor: Client::Rest(Rest::connect(&base).await?),
+        pids: [
+            gateway.proc.pid().to_string(),
+            sandbox.pid().to_string(),
+            "self".into(),
+        ],
+        base: base.clone(),
+        slice: Duration::from_secs_f64(args.slice.max(0.2)),
+    };
+    let gpid = gateway.proc.pid();
 
     let warm = Duration::from_secs_f64(args.warmup);
     for op in [Op::Withdraw, Op::Cancel] {
-        for client in [&gw, &floor] {
+        for client in [&bench.gw, &bench.floor] {
             let r = load::closed_loop(client, op, args.concurrency, warm).await;
             if r.ok == 0 {
                 return Err(format!("warm-up of {} failed: {r:?}", op.name()).into());
@@ -159,25 +199,21 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
     let mut saturation = serde_json::Map::new();
     let mut withdraw_rate = 0.0;
     for op in [Op::Withdraw, Op::Cancel] {
-        reset_stats(&base).await;
-        let meter = Meter::start(gpid, spid, tick_us);
-        let g = load::closed_loop(&gw, op, args.concurrency, secs).await;
-        let [g_cpu, g_sandbox_cpu, g_bench_cpu] = meter.per_call(g.calls());
-        reset_stats(&base).await;
-        let meter = Meter::start(gpid, spid, tick_us);
-        let f = load::closed_loop(&floor, op, args.concurrency, secs).await;
-        let [_, f_sandbox_cpu, f_bench_cpu] = meter.per_call(f.calls());
+        let (g, f) = bench
+            .compare(op, Load::Closed(args.concurrency), secs)
+            .await;
         if op == Op::Withdraw {
-            withdraw_rate = g.ok_per_sec();
+            withdraw_rate = g.run.ok_per_sec();
         }
-        let mut gj = run_json(&g);
-        gj["cpu_us_per_call"] = json!(round(g_cpu, 1));
-        gj["sandbox_cpu_us_per_call"] = json!(round(g_sandbox_cpu, 1));
-        gj["bench_cpu_us_per_call"] = json!(round(g_bench_cpu, 1));
-        let mut fj = run_json(&f);
-        fj["sandbox_cpu_us_per_call"] = json!(round(f_sandbox_cpu, 1));
-        fj["bench_cpu_us_per_call"] = json!(round(f_bench_cpu, 1));
+        let mut gj = run_json(&g.run);
+        gj["cpu_us_per_call"] = json!(round(g.cpu_us_per_call(0, tick_us), 1));
+        gj["sandbox_cpu_us_per_call"] = json!(round(g.cpu_us_per_call(1, tick_us), 1));
+        gj["bench_cpu_us_per_call"] = json!(round(g.cpu_us_per_call(2, tick_us), 1));
+        let mut fj = run_json(&f.run);
+        fj["sandbox_cpu_us_per_call"] = json!(round(f.cpu_us_per_call(1, tick_us), 1));
+        fj["bench_cpu_us_per_call"] = json!(round(f.cpu_us_per_call(2, tick_us), 1));
         let q = |r: &Run, x| r.quantile_us(x) as f64;
+        let (g, f) = (g.run, f.run);
         saturation.insert(
             op.name().into(),
             json!({
@@ -196,10 +232,8 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
 
     // Added latency at half of the gateway's saturation rate, same schedule for both.
     let rate = (withdraw_rate * 0.5).max(1.0);
-    reset_stats(&base).await;
-    let g = load::open_loop(&gw, Op::Withdraw, rate, secs, None, 20_000).await;
-    reset_stats(&base).await;
-    let f = load::open_loop(&floor, Op::Withdraw, rate, secs, None, 20_000).await;
+    let (g, f) = bench.compare(Op::Withdraw, Load::Open(rate), secs).await;
+    let (g, f) = (g.run, f.run);
     let diff = |q| i64::from(g.quantile_us(q)) - i64::from(f.quantile_us(q));
     let half_load = json!({
         "operation": Op::Withdraw.name(),
@@ -303,6 +337,8 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
             "concurrency": args.concurrency,
             "gateway_connections": connections_for(args.concurrency),
             "warmup_s": args.warmup,
+            "slice_s": args.slice,
+            "interleaving": "gateway and floor alternate in slices of slice_s; each figure pools its side's slices",
             "floor": "reqwest HTTP/1.1 keep-alive pool straight to the sandbox, same JSON body",
             "sandbox": "--no-limits --stateless",
         },
@@ -320,26 +356,4 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
 
 fn target(name: &str, goal: &str, measured: f64, met: bool) -> Value {
     json!({"target": name, "goal": goal, "measured": measured, "met": met})
-}
-
-/// What the figures were measured on.
-pub fn machine(ticks: u64, ticks_known: bool) -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    json!({
-        "cores": std::thread::available_parallelism().map_or(0, usize::from),
-        "cpu": cpu,
-        "kernel": kernel.trim(),
-        "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        "clk_tck": ticks,
-        "clk_tck_source": if ticks_known { "getconf CLK_TCK" } else { "assumed 100 (getconf failed)" },
-    })
 }

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::load::{self, Client, Op, Run};
-use crate::perf::{machine, round};
 use crate::procs::{self, BoxError, Workdir};
+use crate::report::{machine, round};
 
 /// Options of `bench quota`.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,6 +1,6 @@
 //! Readable tables from the JSON document (the JSON is the single source of figures).
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn s(v: &Value) -> String {
     match v {
@@ -10,7 +10,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn machine(doc: &Value) {
+fn print_machine(doc: &Value) {
     let m = &doc["machine"];
     println!(
         "machine: {} cores ({}), kernel {}, load average at start {}, CLK_TCK {} ({})",
@@ -45,7 +45,7 @@ fn load_header() {
 }
 
 pub fn perf(doc: &Value) {
-    machine(doc);
+    print_machine(doc);
     let st = &doc["settings"];
     println!(
         "settings: {} s per phase, {} callers over {} gateway connection(s); floor = {}",
@@ -151,7 +151,7 @@ fn targets(t: &Value) {
 }
 
 pub fn quota(doc: &Value) {
-    machine(doc);
+    print_machine(doc);
     let st = &doc["settings"];
     println!(
         "settings: {} s of {}x overload, deadline {} ms; withdraw {}; cancel {}\n  {}\n  allowed = {}",
@@ -226,4 +226,31 @@ fn mark(v: &Value) -> &'static str {
     } else {
         "MISS"
     }
+}
+
+pub fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// What the figures were measured on.
+pub fn machine(ticks: u64, ticks_known: bool) -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, usize::from),
+        "cpu": cpu,
+        "kernel": kernel.trim(),
+        "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        "clk_tck": ticks,
+        "clk_tck_source": if ticks_known { "getconf CLK_TCK" } else { "assumed 100 (getconf failed)" },
+    })
 }
