@@ -45,6 +45,9 @@ enum Mode {
         /// One JSON document instead of tables.
         #[arg(long)]
         json: bool,
+        /// Also write the JSON document to this file.
+        #[arg(long, value_name = "FILE")]
+        json_out: Option<std::path::PathBuf>,
         #[command(flatten)]
         args: perf::PerfArgs,
     },
@@ -53,6 +56,9 @@ enum Mode {
         /// One JSON document instead of tables.
         #[arg(long)]
         json: bool,
+        /// Also write the JSON document to this file.
+        #[arg(long, value_name = "FILE")]
+        json_out: Option<std::path::PathBuf>,
         #[command(flatten)]
         args: quota::QuotaArgs,
     },
@@ -64,13 +70,22 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let (json, budget) = match &cli.mode {
-        Mode::Perf { json, args } => (
+    let (json, json_out, budget) = match &cli.mode {
+        Mode::Perf {
+            json,
+            json_out,
+            args,
+        } => (
             *json,
+            json_out.clone(),
             // 4 saturation phases, 2 open-loop phases, the SDK, the memory phase, warm-up.
             7.0 * args.duration + args.rss_duration + 4.0 * args.warmup + 180.0,
         ),
-        Mode::Quota { json, args } => (*json, 2.0 * args.duration + 120.0),
+        Mode::Quota {
+            json,
+            json_out,
+            args,
+        } => (*json, json_out.clone(), 2.0 * args.duration + 120.0),
     };
     let work = async {
         match &cli.mode {
@@ -93,11 +108,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.shutdown_timeout(Duration::from_secs(1));
+    let text = serde_json::to_string_pretty(&doc).expect("JSON of plain values");
+    if let Some(path) = json_out {
+        if let Err(e) = std::fs::write(&path, format!("{text}\n")) {
+            eprintln!("bench: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("JSON of plain values")
-        );
+        println!("{text}");
     } else {
         match &cli.mode {
             Mode::Perf { .. } => report::perf(&doc),

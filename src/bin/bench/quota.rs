@@ -129,10 +129,14 @@ async fn phase(args: &QuotaArgs, work: &Workdir, replicas: usize) -> Result<Valu
         let limited = e["rate_limited"].as_u64().unwrap_or(0);
         let max_in_window = most_in_any_window(&arrivals, per_ms);
         let first = arrivals.first().copied().unwrap_or(0);
-        let last = arrivals.last().copied().unwrap_or(0).max(offered_end_ms);
-        let span_ms = last.saturating_sub(first);
-        let windows = span_ms / per_ms + 1;
+        let last = arrivals.last().copied().unwrap_or(0);
+        // The run spans ceil(duration / window) windows, the first burst counted in full.
+        let windows = (run.as_millis() as u64).div_ceil(per_ms);
         let allowed = u64::from(limit) * windows;
+        // What any sender within the limit could send at most, counting the calls that
+        // wait in the queue until their deadline after the offered load ends.
+        let bound_windows = (run.as_millis() as u64 + args.deadline_ms).div_ceil(per_ms);
+        let bound = u64::from(limit) * bound_windows;
         let pct = 100.0 * upstream as f64 / allowed.max(1) as f64;
         endpoints.push(json!({
             "endpoint": op.name(),
@@ -149,10 +153,14 @@ async fn phase(args: &QuotaArgs, work: &Workdir, replicas: usize) -> Result<Valu
             "upstream_calls": upstream,
             "upstream_429": limited,
             "max_in_window": max_in_window,
-            "span_ms": span_ms,
+            "first_arrival_ms": first,
+            "last_arrival_ms": last,
+            "offered_end_ms": offered_end_ms,
             "windows": windows,
             "allowed": allowed,
             "upstream_pct_of_allowed": round(pct, 2),
+            "bound_with_deadline_tail": bound,
+            "upstream_pct_of_bound": round(100.0 * upstream as f64 / bound.max(1) as f64, 2),
             "met": {
                 "zero_429": limited == 0,
                 "max_in_window_le_limit": max_in_window <= limit as usize,
@@ -198,7 +206,7 @@ pub async fn run(args: &QuotaArgs) -> Result<Value, BoxError> {
             },
             "cancel_limit": "10 per 1 s (documented)",
             "load": "open loop, both operations at once, calls spread round-robin over the gateways",
-            "allowed_rule": "limit x (floor((last - first upstream arrival) / window) + 1), the last arrival taken no earlier than the end of the offered load (sandbox clock, ms)",
+            "allowed_rule": "allowed = limit x ceil(duration / window): the windows the offered load spans, the first burst counted in full; bound_with_deadline_tail = limit x ceil((duration + deadline) / window), the most any sender within the limit could send, counting calls that wait in the queue past the end of the load",
         },
         "phases": phases,
         "all_targets_met": all_met,

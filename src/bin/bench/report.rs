@@ -174,7 +174,7 @@ pub fn quota(doc: &Value) {
             }
         );
         println!(
-            "  {:<20} {:>14} {:>8} {:>7} {:>8} {:>6} {:>6} {:>9} {:>5} {:>7} {:>8} {:>9}",
+            "  {:<20} {:>14} {:>8} {:>7} {:>8} {:>6} {:>6} {:>9} {:>5} {:>7} {:>8} {:>9} {:>6} {:>7}",
             "endpoint",
             "limit",
             "offered",
@@ -186,12 +186,14 @@ pub fn quota(doc: &Value) {
             "429",
             "max/win",
             "allowed",
-            "% allowed"
+            "% allowed",
+            "bound",
+            "% bound"
         );
         for e in p["endpoints"].as_array().into_iter().flatten() {
             let g = &e["gateway"];
             println!(
-                "  {:<20} {:>14} {:>8} {:>7} {:>8} {:>6} {:>6} {:>9} {:>5} {:>7} {:>8} {:>9}",
+                "  {:<20} {:>14} {:>8} {:>7} {:>8} {:>6} {:>6} {:>9} {:>5} {:>7} {:>8} {:>9} {:>6} {:>7}",
                 s(&e["endpoint"]),
                 s(&e["limit"]),
                 s(&e["offered"]),
@@ -207,6 +209,8 @@ pub fn quota(doc: &Value) {
                 s(&e["max_in_window"]),
                 s(&e["allowed"]),
                 s(&e["upstream_pct_of_allowed"]),
+                s(&e["bound_with_deadline_tail"]),
+                s(&e["upstream_pct_of_bound"]),
             );
             let m = &e["met"];
             println!(
