@@ -17,6 +17,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tonic::{transport::Channel, Code, Request};
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use tonic_types::StatusExt;
 
 use crate::procs::{BoxError, APP_ID, APP_SECRET};
@@ -26,6 +27,8 @@ use crate::procs::{BoxError, APP_ID, APP_SECRET};
 pub enum Op {
     Withdraw,
     Cancel,
+    /// grpc.health.v1 Check on the gateway: the gRPC round trip alone (no upstream).
+    Health,
 }
 
 impl Op {
@@ -33,6 +36,7 @@ impl Op {
         match self {
             Op::Withdraw => "withdraw_onboarding",
             Op::Cancel => "cancel_onboard",
+            Op::Health => "grpc_health_check",
         }
     }
 }
@@ -137,6 +141,7 @@ impl Rest {
                 "/open-apis/hire/v1/applications/1111111111/cancel_onboard",
                 &self.cancel_body,
             ),
+            Op::Health => return Outcome::Failed,
         };
         let sent = self
             .http
@@ -195,6 +200,12 @@ impl Client {
                         .cancel_onboard(req)
                         .await
                         .map(drop)
+                }
+                Op::Health => {
+                    let req = Request::new(HealthCheckRequest {
+                        service: String::new(),
+                    });
+                    HealthClient::new(channel).check(req).await.map(drop)
                 }
             }
         };

@@ -155,9 +155,9 @@ async fn reset_stats(base: &str) {
 pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
     let work = Workdir::new()?;
     let secs = Duration::from_secs_f64(args.duration);
-    let (ticks, ticks_known) = procs::clock_ticks();
-    let tick_us = 1e6 / ticks as f64;
-    let machine = machine(ticks, ticks_known);
+    let (clk_tck, clk_tck_known) = procs::clock_ticks();
+    let tick_us = 1e6 / clk_tck as f64;
+    let machine = machine(clk_tck, clk_tck_known);
 
     let (sandbox, base) =
         procs::start_sandbox(&work, &["--no-limits".into(), "--stateless".into()])?;
@@ -235,11 +235,14 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
     let (g, f) = bench.compare(Op::Withdraw, Load::Open(rate), secs).await;
     let (g, f) = (g.run, f.run);
     let diff = |q| i64::from(g.quantile_us(q)) - i64::from(f.quantile_us(q));
+    // Diagnostic: the gRPC round trip alone (health Check) at the same rate.
+    let h = load::open_loop(&bench.gw, Op::Health, rate, secs.div_f64(2.0), None, 20_000).await;
     let half_load = json!({
         "operation": Op::Withdraw.name(),
         "rate_per_sec": round(rate, 1),
         "gateway": run_json(&g),
         "floor": run_json(&f),
+        "grpc_health_check_alone": run_json(&h),
         "added_us": {"p50": diff(0.5), "p90": diff(0.9), "p99": diff(0.99)},
     });
 
@@ -258,15 +261,19 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
         }
         most
     };
+    let before = ticks(&bench.pids);
     let (r, fds) = tokio::join!(
         load::closed_loop(&many, Op::Withdraw, args.rss_concurrency, rss_secs),
         sample_fds
     );
     let after_many = procs::usage(&gpid.to_string());
+    let many_cpu =
+        ticks(&bench.pids)[0].saturating_sub(before[0]) as f64 * tick_us / r.calls().max(1) as f64;
     let rss = json!({
         "callers": args.rss_concurrency,
         "connections": connections_for(args.rss_concurrency),
         "load": run_json(&r),
+        "cpu_us_per_call": round(many_cpu, 1),
         "peak_rss_mb": round(after_many.peak_rss_kb as f64 / 1024.0, 1),
         "peak_reset_before_phase": reset,
         "gateway_open_fds_max": fds,

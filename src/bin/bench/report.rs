@@ -97,6 +97,11 @@ pub fn perf(doc: &Value) {
     load_header();
     load_row("gateway", &h["gateway"], &Value::Null);
     load_row("floor", &h["floor"], &Value::Null);
+    load_row(
+        "gRPC health Check alone",
+        &h["grpc_health_check_alone"],
+        &Value::Null,
+    );
     let a = &h["added_us"];
     println!(
         "  added by the gateway: p50 {} µs, p90 {} µs, p99 {} µs",
@@ -106,11 +111,14 @@ pub fn perf(doc: &Value) {
     );
     let r = &doc["rss"];
     println!(
-        "\nmemory: peak RSS {} MB with {} callers over {} connections ({} calls/s, at most {} open fds in the gateway); idle after start {} MB; peak during saturation {} MB (peak reset before the phase: {})",
+        "\nmemory: peak RSS {} MB with {} callers over {} connections ({} calls/s, p50 {} µs, p99 {} µs, {} µs gateway CPU per call, at most {} open fds in the gateway); idle after start {} MB; peak during saturation {} MB (peak reset before the phase: {})",
         s(&r["peak_rss_mb"]),
         s(&r["callers"]),
         s(&r["connections"]),
         s(&r["load"]["calls_per_sec"]),
+        s(&r["load"]["latency_us"]["p50"]),
+        s(&r["load"]["latency_us"]["p99"]),
+        s(&r["cpu_us_per_call"]),
         s(&r["gateway_open_fds_max"]),
         s(&r["idle_rss_mb_after_start"]),
         s(&r["peak_rss_mb_during_saturation"]),
