@@ -196,6 +196,7 @@ async fn wait_serving(
     spawned: Instant,
 ) -> Result<Duration, BoxError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(100))
         .timeout(Duration::from_millis(500));
     let mut client: Option<HealthClient<Channel>> = None;
