@@ -40,16 +40,19 @@ fn limits(args: &QuotaArgs) -> [(Op, u32, Duration); 2] {
     ]
 }
 
-/// The most arrivals in any window `[t, t + per)`, over sorted times in ms.
-fn most_in_any_window(sorted: &[u64], per_ms: u64) -> usize {
-    let mut best = 0;
+/// The most arrivals in any window `[t, t + per)` over sorted times in ms, and the first
+/// such window's start.
+fn most_in_any_window(sorted: &[u64], per_ms: u64) -> (usize, u64) {
+    let mut best = (0, 0);
     let mut j = 0;
     for (i, &start) in sorted.iter().enumerate() {
         j = j.max(i);
         while j < sorted.len() && sorted[j] < start + per_ms {
             j += 1;
         }
-        best = best.max(j - i);
+        if j - i > best.0 {
+            best = (j - i, start);
+        }
     }
     best
 }
@@ -127,7 +130,7 @@ async fn phase(args: &QuotaArgs, work: &Workdir, replicas: usize) -> Result<Valu
         let per_ms = per.as_millis() as u64;
         let upstream = arrivals.len() as u64;
         let limited = e["rate_limited"].as_u64().unwrap_or(0);
-        let max_in_window = most_in_any_window(&arrivals, per_ms);
+        let (max_in_window, max_window_start_ms) = most_in_any_window(&arrivals, per_ms);
         let first = arrivals.first().copied().unwrap_or(0);
         let last = arrivals.last().copied().unwrap_or(0);
         // The run spans ceil(duration / window) windows, the first burst counted in full.
@@ -153,6 +156,12 @@ async fn phase(args: &QuotaArgs, work: &Workdir, replicas: usize) -> Result<Valu
             "upstream_calls": upstream,
             "upstream_429": limited,
             "max_in_window": max_in_window,
+            "max_window_start_ms": max_window_start_ms,
+            "ok_latency_ms": {
+                "p50": r.quantile_us(0.5) / 1000,
+                "p99": r.quantile_us(0.99) / 1000,
+                "max": r.latencies_us.last().copied().unwrap_or(0) / 1000,
+            },
             "first_arrival_ms": first,
             "last_arrival_ms": last,
             "offered_end_ms": offered_end_ms,
@@ -206,7 +215,7 @@ pub async fn run(args: &QuotaArgs) -> Result<Value, BoxError> {
             },
             "cancel_limit": "10 per 1 s (documented)",
             "load": "open loop, both operations at once, calls spread round-robin over the gateways",
-            "allowed_rule": "allowed = limit x ceil(duration / window): the windows the offered load spans, the first burst counted in full; bound_with_deadline_tail = limit x ceil((duration + deadline) / window), the most any sender within the limit could send, counting calls that wait in the queue past the end of the load",
+            "allowed_rule": "limit x ceil(duration / window): the windows the offered load spans, the first burst counted in full; bound_with_deadline_tail = limit x ceil((duration + deadline) / window), the most any sender within the limit could send, counting calls that wait in the queue past the end of the load",
         },
         "phases": phases,
         "all_targets_met": all_met,
