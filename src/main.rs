@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use feishu_gateway::{
     app,
     config::{AppCredentials, Settings, DEFAULT_APP},
-    sandbox::{self, Sandbox, SandboxConfig},
+    sandbox::{self, Endpoint, Sandbox, SandboxConfig},
 };
 
 #[derive(Parser)]
@@ -51,7 +51,30 @@ enum Command {
         /// Load the demo records.
         #[arg(long)]
         demo: bool,
+        /// Answer every well-formed business call with success, changing nothing (benchmarks).
+        #[arg(long)]
+        stateless: bool,
+        /// Replace an endpoint's limit, e.g. `withdraw_onboarding=100/6000` (limit per window
+        /// in ms); repeat for more windows or endpoints.
+        #[arg(long = "limit", value_name = "ENDPOINT=LIMIT/PER_MS", value_parser = parse_limit)]
+        limits: Vec<(Endpoint, u32, Duration)>,
     },
+}
+
+/// Parses `--limit ENDPOINT=LIMIT/PER_MS` (endpoint names as in `/__sandbox/stats`).
+fn parse_limit(s: &str) -> Result<(Endpoint, u32, Duration), String> {
+    let usage =
+        || format!("expected ENDPOINT=LIMIT/PER_MS, e.g. cancel_onboard=10/1000, got {s:?}");
+    let (name, rule) = s.split_once('=').ok_or_else(usage)?;
+    let (limit, per_ms) = rule.split_once('/').ok_or_else(usage)?;
+    let endpoint =
+        Endpoint::from_name(name.trim()).ok_or_else(|| format!("unknown endpoint {name:?}"))?;
+    let limit: u32 = limit.trim().parse().map_err(|_| usage())?;
+    let per_ms: u64 = per_ms.trim().parse().map_err(|_| usage())?;
+    if limit == 0 || per_ms == 0 {
+        return Err(usage());
+    }
+    Ok((endpoint, limit, Duration::from_millis(per_ms)))
 }
 
 fn main() -> ExitCode {
@@ -79,6 +102,8 @@ fn main() -> ExitCode {
                 no_limits,
                 token_ttl_secs,
                 demo,
+                stateless,
+                limits,
             } => {
                 if !listen.ip().is_loopback() {
                     return Err("the sandbox listens only on loopback addresses".into());
@@ -89,6 +114,8 @@ fn main() -> ExitCode {
                     token_ttl: ttl,
                     token_reuse_below: SandboxConfig::default().token_reuse_below.min(ttl / 4),
                     seed_demo: demo,
+                    stateless,
+                    limit_overrides: limits,
                     ..SandboxConfig::default()
                 };
                 sandbox::run_standalone(config, listen)

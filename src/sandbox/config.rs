@@ -145,6 +145,9 @@ pub struct SandboxConfig {
     pub seed_demo: bool,
     /// ISV apps known to the sandbox.
     pub store_apps: Vec<StoreApp>,
+    /// Benchmarking: every well-formed business call succeeds without looking at or
+    /// changing the records (tokens, limits, parameter checks and faults still apply).
+    pub stateless: bool,
 }
 
 impl Default for SandboxConfig {
@@ -159,6 +162,7 @@ impl Default for SandboxConfig {
             processing_delay: Duration::ZERO,
             seed_demo: false,
             store_apps: Vec::new(),
+            stateless: false,
         }
     }
 }
@@ -175,6 +179,7 @@ impl fmt::Debug for SandboxConfig {
             .field("processing_delay", &self.processing_delay)
             .field("seed_demo", &self.seed_demo)
             .field("store_apps", &self.store_apps)
+            .field("stateless", &self.stateless)
             .finish()
     }
 }

@@ -238,6 +238,12 @@ async fn business(shared: &Shared, req: &FeishuRequest<'_>) -> (Reply, Option<St
 /// long, and concurrent calls on it meet the documented conflict error.
 async fn run(shared: &Shared, call: &Call) -> Result<Value, ApiError> {
     let delay = shared.config.processing_delay;
+    if shared.config.stateless {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(stateless_answer(call));
+    }
     let Some(key) = call.hold_key().filter(|_| !delay.is_zero()) else {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -259,6 +265,14 @@ async fn run(shared: &Shared, call: &Call) -> Result<Value, ApiError> {
         records.busy.remove(&key);
     }
     records.apply(call)
+}
+
+/// The success `data` of a call in a stateless sandbox (as if its record were ready for it).
+fn stateless_answer(call: &Call) -> Value {
+    match call {
+        Call::Withdraw { .. } | Call::Restore { .. } => serde_json::json!({"success": true}),
+        Call::Revoke { .. } | Call::Cancel { .. } => serde_json::json!({}),
+    }
 }
 
 /// Releases a held record even when the call is abandoned (client gone, shutdown).

@@ -1,0 +1,134 @@
+//! The benchmark: starts the sandbox, gateways (and Redis) as separate processes on
+//! loopback with free ports, drives load through real clients, and reports figures.
+//!
+//! - `bench perf`: the gateway's cost per call against the floor (the same REST calls
+//!   straight to the sandbox), start-up time, added latency at half load, peak memory
+//!   with many callers, and Feishu's Python SDK as a reference.
+//! - `bench quota`: 10x overload with Feishu's limits on, one gateway and a fleet sharing
+//!   Redis: 429s, the most calls in any window, and calls against the allowed number.
+//!
+//! `--json` prints one JSON document; otherwise tables. Every phase is bounded in time and
+//! every process is killed when the bench ends (or fails).
+#![forbid(unsafe_code)]
+
+#[path = "bench/load.rs"]
+mod load;
+#[path = "bench/perf.rs"]
+mod perf;
+#[path = "bench/procs.rs"]
+mod procs;
+#[path = "bench/quota.rs"]
+mod quota;
+#[path = "bench/report.rs"]
+mod report;
+#[path = "bench/sdk.rs"]
+mod sdk;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Benchmarks of feishu-gateway against its sandbox (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Cost per call, latency, start-up and memory against the floor (and lark-oapi).
+    Perf {
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON document to this file.
+        #[arg(long, value_name = "FILE")]
+        json_out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        args: perf::PerfArgs,
+    },
+    /// Feishu's limits under 10x overload: one gateway, then a fleet sharing Redis.
+    Quota {
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON document to this file.
+        #[arg(long, value_name = "FILE")]
+        json_out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        args: quota::QuotaArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let (json, json_out, budget) = match &cli.mode {
+        Mode::Perf {
+            json,
+            json_out,
+            args,
+        } => (
+            *json,
+            json_out.clone(),
+            // 4 saturation phases, 2 open-loop phases, the SDK, the memory phase, warm-up.
+            7.0 * args.duration + args.rss_duration + 4.0 * args.warmup + 180.0,
+        ),
+        Mode::Quota {
+            json,
+            json_out,
+            args,
+        } => (*json, json_out.clone(), 2.0 * args.duration + 120.0),
+    };
+    let work = async {
+        match &cli.mode {
+            Mode::Perf { args, .. } => perf::run(args).await,
+            Mode::Quota { args, .. } => quota::run(args).await,
+        }
+    };
+    // The whole run is bounded: a hung phase ends the bench (the guards kill the processes).
+    let outcome = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs_f64(budget), work).await });
+    let doc = match outcome {
+        Ok(Ok(doc)) => doc,
+        Ok(Err(e)) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+        Err(_) => {
+            eprintln!("bench: gave up after {budget:.0} s");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let text = serde_json::to_string_pretty(&doc).expect("JSON of plain values");
+    if let Some(path) = json_out {
+        if let Err(e) = std::fs::write(&path, format!("{text}\n")) {
+            eprintln!("bench: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if json {
+        println!("{text}");
+    } else {
+        match &cli.mode {
+            Mode::Perf { .. } => report::perf(&doc),
+            Mode::Quota { .. } => report::quota(&doc),
+        }
+    }
+    let sdk_missing = doc["sdk"]["available"].as_bool() == Some(false);
+    match &cli.mode {
+        Mode::Perf { args, .. } if args.require_sdk && sdk_missing => {
+            eprintln!("bench: the lark-oapi reference could not run (--require-sdk)");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
