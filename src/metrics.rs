@@ -279,6 +279,12 @@ impl Collector for Components {
         )?;
         counter(
             &mut encoder,
+            "quota_late_wakeups",
+            "Slots given back and taken again because the caller woke too late to use them",
+            get(&q.late_wakeups),
+        )?;
+        counter(
+            &mut encoder,
             "quota_refused",
             "Calls refused for lack of a slot before their deadline",
             get(&q.refused),

@@ -175,7 +175,7 @@ async fn a_call_without_a_slot_before_its_deadline_is_refused_at_once_with_the_e
     );
     let wait = d.retry_info().unwrap().retry_delay.unwrap();
     assert!(
-        wait > Duration::from_millis(500) && wait <= Duration::from_millis(1010),
+        wait > Duration::from_millis(500) && wait <= Duration::from_millis(1020),
         "{wait:?}"
     );
     let v = &d.quota_failure().unwrap().violations[0];

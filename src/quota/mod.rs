@@ -52,6 +52,8 @@ pub struct QuotaStats {
     pub waited_micros: AtomicU64,
     pub refused: AtomicU64,
     pub upstream_rate_limited: AtomicU64,
+    /// Slots given back and taken again because the caller woke too late to use them.
+    pub late_wakeups: AtomicU64,
     /// Reservations made from the local share because Redis was unreachable.
     pub fallback_admitted: AtomicU64,
     /// Redis calls that failed.
@@ -223,8 +225,8 @@ impl Limiter {
             }
             None => None,
         };
-        let reserved = match reserved {
-            Some(r) => r,
+        let (reserved, local) = match reserved {
+            Some(r) => (r, None),
             None => {
                 if self.inner.shared.is_some() {
                     self.inner
@@ -233,12 +235,12 @@ impl Limiter {
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 let log = self.log(key, endpoint);
-                let reserved: Result<Instant, Refusal> = lock(&log).reserve(Instant::now(), latest);
-                reserved
+                let reserved = lock(&log).reserve(Instant::now(), latest);
+                (reserved, Some(log))
             }
         };
         match reserved {
-            Ok(t) => {
+            Ok(mut t) => {
                 let now = Instant::now();
                 self.inner.stats.admitted.fetch_add(1, Ordering::Relaxed);
                 if t > now {
@@ -256,17 +258,40 @@ impl Limiter {
                         ))
                         .await;
                 }
+                // Woken too late for the slot (a busy machine): sending now could
+                // crowd the window of a later reservation, so take a new slot.
+                if let Some(log) = &local {
+                    for _ in 0..3 {
+                        let again = {
+                            let now = Instant::now();
+                            let mut log = lock(log);
+                            if now <= t + log.tolerance() {
+                                break;
+                            }
+                            log.release(t);
+                            log.reserve(now, latest)
+                        };
+                        self.inner
+                            .stats
+                            .late_wakeups
+                            .fetch_add(1, Ordering::Relaxed);
+                        t = again.map_err(|r| self.refused(endpoint, r))?;
+                        tokio::time::sleep_until(t).await;
+                    }
+                }
                 Ok(())
             }
-            Err(r) => {
-                self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-                Err(Throttled {
-                    endpoint: endpoint.name,
-                    window: r.window,
-                    retry_after: r.retry_after,
-                    queue_full: r.queue_full,
-                })
-            }
+            Err(r) => Err(self.refused(endpoint, r)),
+        }
+    }
+
+    fn refused(&self, endpoint: &'static Endpoint, r: Refusal) -> Throttled {
+        self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+        Throttled {
+            endpoint: endpoint.name,
+            window: r.window,
+            retry_after: r.retry_after,
+            queue_full: r.queue_full,
         }
     }
 
