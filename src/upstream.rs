@@ -44,7 +44,14 @@ impl Upstream {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if base_url.starts_with("http://") {
+            // Plain HTTP is allowed only to loopback (the sandbox): speak HTTP/2
+            // there as the gateway does to Feishu over TLS (ALPN), one
+            // multiplexed connection rather than one connection per call in flight.
+            builder = builder.http2_prior_knowledge();
+        }
+        let client = builder
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
