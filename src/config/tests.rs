@@ -1,0 +1,97 @@
+// figment's Jail API returns its own large error.
+#![allow(clippy::result_large_err)]
+use super::*;
+
+fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+    let mut out = None;
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        for (k, v) in vars {
+            jail.set_env(k, v);
+        }
+        out = Some(f());
+        Ok(())
+    });
+    out.expect("jail ran")
+}
+
+#[test]
+fn defaults_listen_on_loopback() {
+    let s = with_env(&[], || Settings::load(None)).unwrap();
+    assert_eq!(s.gateway.listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(s.gateway.admin_listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(s.feishu.base_url, DEFAULT_BASE_URL);
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "g.toml",
+            "[gateway]\nlisten = \"127.0.0.1:1\"\n[feishu]\napp_id = \"cli_file\"\n",
+        )?;
+        jail.set_env("GATEWAY_LISTEN", "127.0.0.1:2");
+        let s = Settings::load(Some(std::path::Path::new("g.toml"))).unwrap();
+        assert_eq!(s.gateway.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(s.feishu.app_id.as_deref(), Some("cli_file"));
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_app_id_names_the_variable() {
+    let s = with_env(&[("FEISHU_APP_SECRET", "s3cr3t-value")], || {
+        Settings::load(None)
+    })
+    .unwrap();
+    let e = s.credentials().unwrap_err().to_string();
+    assert!(e.contains("FEISHU_APP_ID"), "{e}");
+}
+
+#[test]
+fn invalid_listen_address_names_the_variable_once() {
+    let e = with_env(&[("GATEWAY_LISTEN", "nowhere")], || Settings::load(None)).unwrap_err();
+    let line = e.to_string();
+    assert!(line.contains("GATEWAY_LISTEN"), "{line}");
+    assert_eq!(line.lines().count(), 1);
+}
+
+#[test]
+fn secret_is_redacted_in_debug_and_read_from_file() {
+    let secret = "very-secret-value-123";
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("secret.txt", &format!("{secret}\n"))?;
+        jail.set_env("FEISHU_APP_ID", "cli_x");
+        jail.set_env("FEISHU_APP_SECRET_FILE", "secret.txt");
+        let s = Settings::load(None).unwrap();
+        let creds = s.credentials().unwrap();
+        assert_eq!(creds.app_secret.expose_secret(), secret);
+        assert!(!format!("{s:?} {creds:?}").contains(secret));
+        Ok(())
+    });
+}
+
+#[test]
+fn plain_http_is_refused_beyond_loopback() {
+    let e = with_env(&[("FEISHU_BASE_URL", "http://open.feishu.cn")], || {
+        Settings::load(None)
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("https"), "{e}");
+    with_env(&[("FEISHU_BASE_URL", "http://127.0.0.1:8080")], || {
+        Settings::load(None)
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_base_url_with_a_path_is_refused() {
+    let e = with_env(
+        &[("FEISHU_BASE_URL", "https://open.feishu.cn/open-apis/")],
+        || Settings::load(None),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("FEISHU_BASE_URL"));
+}
