@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
+
+use common::capture::Capture;
 
 use feishu_gateway::{
     auth::key_hash,
@@ -68,30 +66,19 @@ fn reason(s: &tonic::Status) -> String {
 }
 
 /// Captures every log line of this test binary (the audit trail among them).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+fn logs() -> Capture {
+    static LOGS: OnceLock<Capture> = OnceLock::new();
     LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let buffer = Capture::default();
         let writer = buffer.clone();
         let _ = tracing_subscriber::fmt()
             .json()
-            .with_writer(move || Sink(writer.clone()))
+            .with_writer(move || writer.clone())
             .with_env_filter("info")
             .try_init();
         buffer
     })
     .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]
@@ -152,7 +139,7 @@ async fn bearer_keys_authenticate_and_allow_lists_authorize() {
     assert_eq!(h.business_requests().len(), 1);
 
     // The caller's identity is in its audit record; its key is nowhere in the logs.
-    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let audit: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(r#""target":"audit""#) && l.contains(r#""outcome":"OK""#))

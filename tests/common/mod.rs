@@ -2,6 +2,7 @@
 //! loopback, the real gateway on ephemeral ports, generated tonic clients.
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod redis_server;
 
 use std::net::SocketAddr;
