@@ -25,6 +25,11 @@ use tonic_types::StatusExt;
 
 const CANCEL: &str = "hire.v1.applications.cancel_onboard";
 
+/// These tests judge timing (windows of 1 s, a 2% margin, deadlines of
+/// 400 ms): run side by side on two cores, they starved each other into
+/// sends that arrived late. One at a time, each sees the machine it measures.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn cancel(id: usize, timeout: Duration) -> Request<CancelOnboardRequest> {
     let mut r = Request::new(CancelOnboardRequest {
         application_id: format!("{}", 2_000_000_000 + id),
@@ -112,6 +117,7 @@ async fn overload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_times_overload_sees_no_429_and_spends_the_quota() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h = common::start_with(SandboxConfig::default(), |_| {}).await;
     add_applications(&h.sandbox, 5_000);
     let run = Duration::from_secs(3);
@@ -148,6 +154,7 @@ async fn ten_times_overload_sees_no_429_and_spends_the_quota() {
 
 #[tokio::test]
 async fn a_call_without_a_slot_before_its_deadline_is_refused_at_once_with_the_exact_wait() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h = common::start_with(SandboxConfig::default(), |_| {}).await;
     add_applications(&h.sandbox, 20);
     let mut client = h.application();
@@ -196,6 +203,7 @@ async fn a_call_without_a_slot_before_its_deadline_is_refused_at_once_with_the_e
 
 #[tokio::test]
 async fn waiting_calls_are_served_in_arrival_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h = common::start_with(
         SandboxConfig {
             rate_limits: false,
@@ -244,6 +252,7 @@ async fn waiting_calls_are_served_in_arrival_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feishus_lower_limit_and_reset_are_honoured() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // Feishu allows 3/s although the gateway is configured for 10/s.
     let config = SandboxConfig {
         limit_overrides: vec![(Endpoint::CancelOnboard, 3, Duration::from_secs(1))],
@@ -290,6 +299,7 @@ async fn wait_until_shared(admin: std::net::SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_sharing_redis_never_exceed_the_limit_together() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
     let h = common::start_with(SandboxConfig::default(), shared(&redis, 3)).await;
     add_applications(&h.sandbox, 5_000);
@@ -336,6 +346,7 @@ async fn three_replicas_sharing_redis_never_exceed_the_limit_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_each_replica_keeps_to_its_share_and_says_so() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisServer::start();
     let h = common::start_with(SandboxConfig::default(), shared(&redis, 2)).await;
     add_applications(&h.sandbox, 2_000);
