@@ -3,6 +3,7 @@
 //! code, calls in flight, and the token and quota counters read at scrape time.
 
 use std::{
+    borrow::Cow,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -31,7 +32,7 @@ pub struct RpcLabels {
 pub struct UpstreamLabels {
     pub endpoint: &'static str,
     /// Feishu's `code`, or the fault (`connect`, `timeout`, …) when there was no answer.
-    pub feishu_code: String,
+    pub feishu_code: Cow<'static, str>,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -114,7 +115,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn upstream(&self, endpoint: &'static str, feishu_code: String, took: Duration) {
+    pub fn upstream(&self, endpoint: &'static str, feishu_code: Cow<'static, str>, took: Duration) {
         self.upstream_seconds
             .get_or_create(&UpstreamLabels {
                 endpoint,

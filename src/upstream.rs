@@ -32,7 +32,8 @@ pub struct Outgoing<'a> {
 #[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
-    base_url: String,
+    /// Feishu's origin, parsed once: each call only sets its path and query.
+    base_url: reqwest::Url,
     timeout: Duration,
     /// Moving average of answered exchanges, in µs (see [`Upstream::typical_latency`]).
     latency_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -43,7 +44,11 @@ impl Upstream {
         base_url: &str,
         timeout: Duration,
         connect_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let base = reqwest::Url::parse(base_url)?;
+        if base.cannot_be_a_base() || base.path() != "/" || base.query().is_some() {
+            return Err(format!("the Feishu base URL must be an origin, got {base_url:?}").into());
+        }
         let mut builder = reqwest::Client::builder();
         if base_url.starts_with("http://") {
             // Plain HTTP is allowed only to loopback (the sandbox): speak HTTP/2
@@ -62,7 +67,7 @@ impl Upstream {
             .build()?;
         Ok(Self {
             client,
-            base_url: base_url.to_owned(),
+            base_url: base,
             timeout,
             latency_micros: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
@@ -112,9 +117,15 @@ impl Upstream {
                 "the deadline passed before sending".into(),
             ));
         }
-        let mut url = String::with_capacity(self.base_url.len() + req.path_and_query.len());
-        url.push_str(&self.base_url);
-        url.push_str(req.path_and_query);
+        // Only the path and query are parsed per call (the origin's host
+        // parsing was a few per cent of the gateway's CPU).
+        let mut url = self.base_url.clone();
+        let (path, query) = match req.path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (req.path_and_query, None),
+        };
+        url.set_path(path);
+        url.set_query(query);
         let mut builder = self
             .client
             .post(url)

@@ -108,11 +108,11 @@ where
                 "the gateway is serving as many calls as it allows; retry shortly",
             ));
         };
-        let mut permits: Vec<OwnedSemaphorePermit> = vec![overall];
+        let mut caller_permit: Option<OwnedSemaphorePermit> = None;
         if let Some(name) = &caller {
             if let Some(limit) = shared.per_caller.get(name) {
                 match limit.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
+                    Ok(p) => caller_permit = Some(p),
                     Err(_) => {
                         return refuse(shed(
                             "CALLER_CONCURRENCY_EXCEEDED",
@@ -130,7 +130,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let response = inner.call(request).await;
-            drop(permits);
+            drop((overall, caller_permit));
             response
         })
     }

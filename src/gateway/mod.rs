@@ -6,7 +6,7 @@
 mod operations;
 pub mod path;
 
-use std::{sync::Arc, time::Duration};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
@@ -190,7 +190,7 @@ impl Gateway {
             let took = sent_at.elapsed();
             if let Err(fault) = &sent {
                 self.metrics
-                    .upstream(endpoint.name, fault.kind.label().to_owned(), took);
+                    .upstream(endpoint.name, fault.kind.label().into(), took);
             }
             let raw = match sent {
                 Ok(raw) => raw,
@@ -218,7 +218,11 @@ impl Gateway {
                 Err(_) => -1,
             };
             span.record("feishu.code", code);
-            self.metrics.upstream(endpoint.name, code.to_string(), took);
+            let label = match code {
+                0 => Cow::Borrowed("0"),
+                code => Cow::Owned(code.to_string()),
+            };
+            self.metrics.upstream(endpoint.name, label, took);
             match answer {
                 Ok(value) => return Ok(Answer { value, log_id }),
                 Err(Error::Feishu(f))

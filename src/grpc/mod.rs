@@ -56,7 +56,6 @@ impl Services {
                     .map_or_else(|| "anonymous".to_owned(), |a| format!("anonymous@{a}")),
             ),
         };
-        let parent = telemetry::extract(request.metadata());
         let span = tracing::info_span!(
             "rpc",
             otel.name = method,
@@ -67,11 +66,16 @@ impl Services {
             trace_id = Empty,
             rpc.grpc.status_code = Empty,
         );
-        let _ = span.set_parent(parent.clone());
-        span.record(
-            "trace_id",
-            telemetry::trace_id(&span.context(), &parent).to_string(),
-        );
+        // Neither logged nor traced (RUST_LOG above info, no exporter): skip the
+        // trace context, which is work on every call.
+        if !span.is_disabled() {
+            let parent = telemetry::extract(request.metadata());
+            let _ = span.set_parent(parent.clone());
+            span.record(
+                "trace_id",
+                telemetry::trace_id(&span.context(), &parent).to_string(),
+            );
+        }
 
         let (ctx, locale) = context::read(request.metadata());
         let message = request.into_inner();
