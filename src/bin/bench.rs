@@ -66,7 +66,11 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One worker per core, set here so that TOKIO_WORKER_THREADS reaches only the
+    // processes the bench starts (the gateway honours it).
+    let workers = std::thread::available_parallelism().map_or(2, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("a tokio runtime");

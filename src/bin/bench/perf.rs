@@ -228,6 +228,14 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
             }),
         );
     }
+    // Diagnostic: what the gateway process spends on a gRPC call that does nothing
+    // (the standard health Check), the part of its cost that is tonic, h2 and the kernel.
+    let before = ticks(&bench.pids);
+    let h = load::closed_loop(&bench.gw, Op::Health, args.concurrency, secs.div_f64(2.0)).await;
+    let spent = ticks(&bench.pids)[0].saturating_sub(before[0]);
+    let mut hj = run_json(&h);
+    hj["cpu_us_per_call"] = json!(round(spent as f64 * tick_us / h.calls().max(1) as f64, 1));
+    saturation.insert("grpc_health_check_alone".into(), hj);
     let after_saturation = procs::usage(&gpid.to_string());
 
     // Added latency at half of the gateway's saturation rate, same schedule for both.

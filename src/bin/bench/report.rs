@@ -88,6 +88,8 @@ pub fn perf(doc: &Value) {
             );
         }
     }
+    let hc = &doc["saturation"]["grpc_health_check_alone"];
+    load_row("gRPC health Check alone", hc, &hc["cpu_us_per_call"]);
     let h = &doc["half_load"];
     println!(
         "\nopen loop at 50% of the gateway's saturation ({} at {} calls/s)",
