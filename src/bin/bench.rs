@@ -11,6 +11,13 @@
 //! every process is killed when the bench ends (or fails).
 #![forbid(unsafe_code)]
 
+/// The gateway's allocator here too, so that the forwarder (the stack's floor) and
+/// the gateway differ only in what the gateway does, and both clients are alike.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[path = "bench/forwarder.rs"]
+mod forwarder;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/perf.rs"]
@@ -62,6 +69,14 @@ enum Mode {
         #[command(flatten)]
         args: quota::QuotaArgs,
     },
+    /// The stack's floor that `perf` starts as a process of its own (see forwarder.rs).
+    #[command(hide = true)]
+    Forwarder {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        upstream: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +90,15 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime");
     let (json, json_out, budget) = match &cli.mode {
+        Mode::Forwarder { listen, upstream } => {
+            return match runtime.block_on(forwarder::run(*listen, upstream)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench forwarder: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Mode::Perf {
             json,
             json_out,
@@ -82,8 +106,9 @@ fn main() -> ExitCode {
         } => (
             *json,
             json_out.clone(),
-            // 4 saturation phases, 2 open-loop phases, the SDK, the memory phase, warm-up.
-            7.0 * args.duration + args.rss_duration + 4.0 * args.warmup + 180.0,
+            // 4 saturation phases, 2 open-loop phases, the SDK, the memory phase, warm-up,
+            // the health Check and the forwarder (half a phase each per operation).
+            9.0 * args.duration + args.rss_duration + 4.0 * args.warmup + 180.0,
         ),
         Mode::Quota {
             json,
@@ -95,6 +120,7 @@ fn main() -> ExitCode {
         match &cli.mode {
             Mode::Perf { args, .. } => perf::run(args).await,
             Mode::Quota { args, .. } => quota::run(args).await,
+            Mode::Forwarder { .. } => Err("the forwarder is not a measurement".into()),
         }
     };
     // The whole run is bounded: a hung phase ends the bench (the guards kill the processes).
@@ -125,6 +151,7 @@ fn main() -> ExitCode {
         match &cli.mode {
             Mode::Perf { .. } => report::perf(&doc),
             Mode::Quota { .. } => report::quota(&doc),
+            Mode::Forwarder { .. } => {}
         }
     }
     let sdk_missing = doc["sdk"]["available"].as_bool() == Some(false);

@@ -131,6 +131,11 @@ impl Rest {
         })
     }
 
+    /// The `Authorization` header its calls carry.
+    pub fn bearer(&self) -> HeaderValue {
+        self.auth.clone()
+    }
+
     async fn call(&self, op: Op) -> Outcome {
         let (path, body) = match op {
             Op::Withdraw => (

@@ -236,6 +236,26 @@ pub async fn run(args: &PerfArgs) -> Result<Value, BoxError> {
     let mut hj = run_json(&h);
     hj["cpu_us_per_call"] = json!(round(spent as f64 * tick_us / h.calls().max(1) as f64, 1));
     saturation.insert("grpc_health_check_alone".into(), hj);
+
+    // Diagnostic: the stack's floor, a forwarder of the same crates without the
+    // gateway's logic (forwarder.rs), in a process of its own, same callers.
+    let (fwd, fwd_addr) = procs::start_forwarder(&work, &base).await?;
+    let fwd_client =
+        Client::Gateway(load::channels(fwd_addr, connections_for(args.concurrency)).await?);
+    let fwd_pid = fwd.pid().to_string();
+    let mut stack_floor = serde_json::Map::new();
+    for op in [Op::Withdraw, Op::Cancel] {
+        let _ = load::closed_loop(&fwd_client, op, args.concurrency, warm).await;
+        let before = procs::usage(&fwd_pid).cpu_ticks;
+        let r = load::closed_loop(&fwd_client, op, args.concurrency, secs.div_f64(2.0)).await;
+        let spent = procs::usage(&fwd_pid).cpu_ticks.saturating_sub(before);
+        let mut j = run_json(&r);
+        j["cpu_us_per_call"] = json!(round(spent as f64 * tick_us / r.calls().max(1) as f64, 1));
+        stack_floor.insert(op.name().into(), j);
+    }
+    drop(fwd_client);
+    drop(fwd);
+    saturation.insert("stack_floor_forwarder".into(), Value::Object(stack_floor));
     let after_saturation = procs::usage(&gpid.to_string());
 
     // Added latency at half of the gateway's saturation rate, same schedule for both.

@@ -189,6 +189,24 @@ pub async fn start_gateway(
     })
 }
 
+/// Starts this binary's `forwarder` mode (the stack's floor) against `base_url`.
+pub async fn start_forwarder(
+    work: &Workdir,
+    base_url: &str,
+) -> Result<(Proc, SocketAddr), BoxError> {
+    let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("forwarder")
+        .arg("--listen")
+        .arg(grpc.to_string())
+        .arg("--upstream")
+        .arg(base_url);
+    let spawned = Instant::now();
+    let mut proc = spawn("forwarder", cmd, work, Stdio::null())?;
+    wait_serving(&mut proc, grpc, spawned).await?;
+    Ok((proc, grpc))
+}
+
 /// Polls grpc.health.v1 Check every millisecond until SERVING (at most 10 s).
 async fn wait_serving(
     proc: &mut Proc,

@@ -90,6 +90,11 @@ pub fn perf(doc: &Value) {
     }
     let hc = &doc["saturation"]["grpc_health_check_alone"];
     load_row("gRPC health Check alone", hc, &hc["cpu_us_per_call"]);
+    for op in ["withdraw_onboarding", "cancel_onboard"] {
+        let v = &doc["saturation"]["stack_floor_forwarder"][op];
+        load_row(&format!("{op} stack floor"), v, &v["cpu_us_per_call"]);
+    }
+    println!("  (stack floor: tonic server + reqwest client forwarding the same calls, no gateway logic; CPU = its process)");
     let h = &doc["half_load"];
     println!(
         "\nopen loop at 50% of the gateway's saturation ({} at {} calls/s)",
