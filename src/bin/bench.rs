@@ -6,6 +6,8 @@
 //!   with many callers, and Feishu's Python SDK as a reference.
 //! - `bench quota`: 10x overload with Feishu's limits on, one gateway and a fleet sharing
 //!   Redis: 429s, the most calls in any window, and calls against the allowed number.
+//! - `bench forwarder` (hidden): the stack's floor that `perf` starts as a process of its
+//!   own, a bare tonic + reqwest forwarder of the same calls.
 //!
 //! `--json` prints one JSON document; otherwise tables. Every phase is bounded in time and
 //! every process is killed when the bench ends (or fails).
