@@ -341,14 +341,6 @@ async fn start_limited(endpoint: &str, per_ms: u64) -> common::Harness {
 // ---------------------------------------------------------------------------
 // Metrics.
 
-async fn scrape(h: &common::Harness) -> String {
-    let response = reqwest::get(format!("http://{}/metrics", h.gateway.admin_addr))
-        .await
-        .expect("admin port answers");
-    assert_eq!(response.status(), 200);
-    response.text().await.expect("text")
-}
-
 /// The value of series `name{labels}` (labels in any order; 0 when absent,
 /// as a counter that never moved is not exported yet).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -101,18 +101,6 @@ async fn hammer(
     sends
 }
 
-fn most_in_any_window(sends: &[Instant], per: Duration) -> usize {
-    (0..sends.len())
-        .map(|i| {
-            sends[i..]
-                .iter()
-                .take_while(|&&t| t < sends[i] + per)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// The guarantee, as far as the callers' clock can see it. Redis keeps the
 /// slots `span = per + margin` apart; each observed send lies within
 /// `round_trip` after its slot, so no observed window of `span - round_trip`
@@ -120,8 +108,8 @@ fn most_in_any_window(sends: &[Instant], per: Duration) -> usize {
 /// margin, no window of `per` either. Returns the most seen in any `per`.
 fn assert_window_holds(sends: &Sends, w: Window) -> usize {
     let (span, rt) = (w.per + margin(w.per), sends.round_trip);
-    let strict = most_in_any_window(&sends.at, span.saturating_sub(rt));
-    let plain = most_in_any_window(&sends.at, w.per);
+    let strict = common::most_in_any_window(&sends.at, span.saturating_sub(rt));
+    let plain = common::most_in_any_window(&sends.at, w.per);
     assert!(
         strict <= w.limit as usize,
         "{strict} in {w} (round trip {rt:?})"

@@ -298,12 +298,7 @@ async fn admin_port_answers_liveness_readiness_and_metrics() {
         })
         .await
         .unwrap();
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("feishu_gateway_quota_admitted_total 1"),
         "{metrics}"

@@ -380,12 +380,7 @@ async fn without_redis_each_replica_keeps_to_its_share_and_says_so() {
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
     assert!(ready.text().await.unwrap().contains("redis unreachable"));
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("feishu_gateway_quota_degraded 1"),
         "{metrics}"

@@ -151,18 +151,6 @@ async fn deliver_ticket(h: &Harness, ticket: &str) -> u16 {
         .as_u16()
 }
 
-async fn metrics(h: &Harness) -> String {
-    let url = format!("http://{}/metrics", h.gateway.admin_addr);
-    http()
-        .get(url)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 fn reason(s: &Status) -> String {
     s.get_error_details()
         .error_info()
@@ -262,7 +250,7 @@ async fn revoked_tokens_cost_one_token_request_and_one_retry() {
         sent[0].authorization, sent[1].authorization,
         "the retry carried a new token"
     );
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     assert!(
         text.contains("feishu_gateway_token_evictions_total{app=\"default\"} 1"),
         "{text}"

@@ -90,6 +90,19 @@ pub fn most_in_any_window(times: &[std::time::Instant], per: std::time::Duration
 }
 
 impl Harness {
+    /// The admin port's `/metrics` text (which must answer 200).
+    pub async fn metrics(&self) -> String {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+            .get(format!("http://{}/metrics", self.gateway.admin_addr))
+            .send()
+            .await
+            .expect("the admin port answers");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("text")
+    }
     pub fn pre_hire(&self) -> PreHireServiceClient<Channel> {
         PreHireServiceClient::new(self.channel.clone())
     }

@@ -292,7 +292,7 @@ async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
         },
         &[REASON],
     );
-    let metrics = scrape(&h).await;
+    let metrics = h.metrics().await;
     assert_eq!(
         sample(
             &metrics,
@@ -359,7 +359,7 @@ async fn a_call_the_caller_abandons_after_sending_is_still_audited_and_counted()
     let sent = h.business_requests();
     assert_eq!(sent.len(), 1, "{sent:?}");
 
-    let metrics = scrape(&h).await;
+    let metrics = h.metrics().await;
     assert_eq!(
         sample(&metrics, "feishu_gateway_rpcs_in_flight", &[]),
         0.0,

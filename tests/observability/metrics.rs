@@ -25,7 +25,7 @@ async fn metrics_move_with_calls() {
     };
     let in_flight = |text: &str| sample(text, "feishu_gateway_rpcs_in_flight", &[]);
 
-    let before = scrape(&h).await;
+    let before = h.metrics().await;
     assert_eq!(in_flight(&before), 0.0);
     assert!(
         before.contains("# TYPE feishu_gateway_rpcs_in_flight gauge"),
@@ -35,7 +35,7 @@ async fn metrics_move_with_calls() {
         .withdraw_onboarding(withdraw(demo::PRE_HIRE_READY))
         .await
         .expect("withdraw");
-    let after_ok = scrape(&h).await;
+    let after_ok = h.metrics().await;
     assert_eq!(rpcs(&after_ok, "OK"), rpcs(&before, "OK") + 1.0);
     assert_eq!(upstream(&after_ok, "0"), upstream(&before, "0") + 1.0);
     assert_eq!(
@@ -68,7 +68,7 @@ async fn metrics_move_with_calls() {
             .await
     });
     loop {
-        let during = scrape(&h).await;
+        let during = h.metrics().await;
         if in_flight(&during) == 1.0 {
             break;
         }
@@ -78,7 +78,7 @@ async fn metrics_move_with_calls() {
     let status = waiting.await.unwrap().expect_err("onboarded");
     assert_eq!(status.code(), Code::FailedPrecondition);
 
-    let after = scrape(&h).await;
+    let after = h.metrics().await;
     assert_eq!(rpcs(&after, "OK"), rpcs(&after_ok, "OK"), "{after}");
     assert_eq!(
         rpcs(&after, "FAILED_PRECONDITION"),

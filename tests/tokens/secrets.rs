@@ -66,7 +66,7 @@ async fn secrets_and_tokens_never_appear_in_debug_output_or_logs() {
         tokens.stats().snapshot(),
         tokens.expiries()
     );
-    seen.push_str(&metrics(&h).await);
+    seen.push_str(&h.metrics().await);
     seen.push_str(&logs.text());
     let issued = h.sandbox.issued_tokens();
     assert!(issued.len() >= 3, "{issued:?}");

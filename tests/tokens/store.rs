@@ -56,7 +56,7 @@ async fn tenants_of_a_store_app_never_share_a_token() {
         .expect("ok");
     }
     assert_eq!(h.sandbox.count(Endpoint::TenantToken), 1);
-    let text = metrics(&h).await;
+    let text = h.metrics().await;
     assert!(
         text.contains("feishu_gateway_app_tickets_received_total{app=\"isv\"} 1"),
         "{text}"
