@@ -247,7 +247,27 @@ async fn waiting_calls_are_served_in_arrival_order() {
         .map(|r| r.path.split('/').nth(5).unwrap_or_default().to_owned())
         .collect();
     let expected: Vec<String> = (0..8).map(|i| format!("{}", 2_000_000_000 + i)).collect();
-    assert_eq!(order, expected);
+    // A caller woken later than half the margin (5 ms here, a stall of this
+    // shared machine) gives its slot back and queues again at the end: sending
+    // late in its old place could crowd the next window. Everyone else keeps
+    // arrival order.
+    let late = h
+        .gateway
+        .gateway
+        .limiter()
+        .stats()
+        .late_wakeups
+        .load(Ordering::Relaxed) as usize;
+    let (on_time, requeued) = order.split_at(order.len() - late.min(order.len()));
+    let in_order: Vec<&String> = expected.iter().filter(|e| !requeued.contains(e)).collect();
+    assert_eq!(
+        on_time.iter().collect::<Vec<_>>(),
+        in_order,
+        "{order:?}, {late} late wake-ups"
+    );
+    let mut all = order.clone();
+    all.sort();
+    assert_eq!(all, expected, "every call arrived once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
