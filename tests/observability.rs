@@ -34,6 +34,7 @@ use feishu_gateway::{
         corehr::v2::{RestoreFlowInstanceRequest, RevokeRequest, WithdrawOnboardingRequest},
         hire::v1::{CancelOnboardRequest, TerminationType},
     },
+    quota::sliding_log::margin,
     sandbox::{demo, SandboxConfig},
 };
 use opentelemetry::{
