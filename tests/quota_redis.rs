@@ -5,18 +5,19 @@
 mod common;
 
 use std::{
-    sync::{Arc, Mutex},
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use common::redis_server::Server;
 
 use feishu_gateway::{
-    catalog::Window,
+    catalog::{Window, CANCEL_ONBOARD},
     quota::{
         redis::{RedisQuota, RedisQuotaError},
         sliding_log::margin,
-        QuotaKey,
+        LimitTable, Limiter, QuotaKey,
     },
 };
 
@@ -73,7 +74,12 @@ async fn hammer(
         handles.push(tokio::spawn(async move {
             while Instant::now() < end {
                 let asked = Instant::now();
-                match q.reserve(&key, &windows, ms(600), 1000).await.unwrap() {
+                match q
+                    .reserve(&key, &windows, ms(600), 1000)
+                    .await
+                    .unwrap()
+                    .map(|slot| slot.wait)
+                {
                     Ok(wait) => {
                         {
                             let mut s = sends.lock().unwrap();
@@ -172,10 +178,15 @@ async fn two_windows_both_hold_and_a_refusal_takes_nothing() {
         let r = quotas[i % 2]
             .reserve(&k, &windows, ms(0), 100)
             .await
-            .unwrap();
+            .unwrap()
+            .map(|slot| slot.wait);
         assert_eq!(r, Ok(Duration::ZERO));
     }
-    let r = quotas[0].reserve(&k, &windows, ms(0), 100).await.unwrap();
+    let r = quotas[0]
+        .reserve(&k, &windows, ms(0), 100)
+        .await
+        .unwrap()
+        .map(|slot| slot.wait);
     let refusal = r.unwrap_err();
     assert_eq!(refusal.window, short);
     assert!(refusal.retry_after <= ms(200) + margin(ms(200)) && refusal.retry_after > ms(150));
@@ -186,10 +197,18 @@ async fn two_windows_both_hold_and_a_refusal_takes_nothing() {
     assert_eq!(n, (5, 5), "the refused call took nothing");
     tokio::time::sleep(refusal.retry_after + ms(20)).await;
     for _ in 0..3 {
-        let r = quotas[1].reserve(&k, &windows, ms(0), 100).await.unwrap();
+        let r = quotas[1]
+            .reserve(&k, &windows, ms(0), 100)
+            .await
+            .unwrap()
+            .map(|slot| slot.wait);
         assert_eq!(r, Ok(Duration::ZERO));
     }
-    let refusal = quotas[0].reserve(&k, &windows, ms(0), 100).await.unwrap();
+    let refusal = quotas[0]
+        .reserve(&k, &windows, ms(0), 100)
+        .await
+        .unwrap()
+        .map(|slot| slot.wait);
     let refusal = refusal.unwrap_err();
     assert_eq!(refusal.window, long);
     assert!(
@@ -233,7 +252,10 @@ async fn a_refusal_names_the_exact_wait_and_the_queue_is_bounded() {
     let before = Instant::now();
     for q in [&quotas[0], &quotas[1], &quotas[0]] {
         assert_eq!(
-            q.reserve(&k, &windows, ms(0), 10).await.unwrap(),
+            q.reserve(&k, &windows, ms(0), 10)
+                .await
+                .unwrap()
+                .map(|slot| slot.wait),
             Ok(Duration::ZERO)
         );
     }
@@ -258,6 +280,7 @@ async fn a_refusal_names_the_exact_wait_and_the_queue_is_bounded() {
         .reserve(&k, &windows, ms(2000), 10)
         .await
         .unwrap()
+        .map(|slot| slot.wait)
         .unwrap();
     assert!(wait <= refusal.retry_after && wait + ms(50) > refusal.retry_after);
 
@@ -271,6 +294,7 @@ async fn a_refusal_names_the_exact_wait_and_the_queue_is_bounded() {
                 .reserve(&k, &windows, far, 2)
                 .await
                 .unwrap()
+                .map(|slot| slot.wait)
                 .unwrap(),
         );
     }
@@ -278,7 +302,11 @@ async fn a_refusal_names_the_exact_wait_and_the_queue_is_bounded() {
     let span = ms(1000) + margin(ms(1000));
     assert!(waits[1] > ms(950) && waits[1] <= span, "{waits:?}");
     assert!(waits[2] > ms(1960) && waits[2] <= span * 2, "{waits:?}");
-    let refusal = quotas[1].reserve(&k, &windows, far, 2).await.unwrap();
+    let refusal = quotas[1]
+        .reserve(&k, &windows, far, 2)
+        .await
+        .unwrap()
+        .map(|slot| slot.wait);
     assert!(refusal.unwrap_err().queue_full);
 }
 
@@ -297,7 +325,11 @@ async fn a_pause_holds_every_replica_and_a_lower_limit_binds_them_all() {
         .unwrap()
         .unwrap_err();
     assert!(refusal.retry_after <= ms(300) && refusal.retry_after > ms(250));
-    let wait = quotas[2].reserve(&k, &windows, ms(1000), 10).await.unwrap();
+    let wait = quotas[2]
+        .reserve(&k, &windows, ms(1000), 10)
+        .await
+        .unwrap()
+        .map(|slot| slot.wait);
     let wait = wait.unwrap();
     assert!(wait <= ms(300) && wait > ms(250), "{wait:?}");
 
@@ -306,7 +338,10 @@ async fn a_pause_holds_every_replica_and_a_lower_limit_binds_them_all() {
     quotas[0].lower_limit(&k, 50).await.unwrap(); // never raises
     for q in &quotas {
         assert_eq!(
-            q.reserve(&k, &windows, ms(0), 10).await.unwrap(),
+            q.reserve(&k, &windows, ms(0), 10)
+                .await
+                .unwrap()
+                .map(|slot| slot.wait),
             Ok(Duration::ZERO)
         );
     }
@@ -317,6 +352,77 @@ async fn a_pause_holds_every_replica_and_a_lower_limit_binds_them_all() {
         .unwrap_err();
     // Applied to the shortest window, not the per-minute one.
     assert_eq!(refusal.window, Window::per_second(3));
+}
+
+#[tokio::test]
+async fn a_slot_given_back_is_free_for_every_replica_once() {
+    let server = Server::start();
+    let quotas = replicas(&server, 2).await;
+    let windows = [Window::per_second(2)];
+    let k = key("test.release");
+    let first = quotas[0]
+        .reserve(&k, &windows, ms(0), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    quotas[1]
+        .reserve(&k, &windows, ms(0), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let full = quotas[1].reserve(&k, &windows, ms(0), 10).await.unwrap();
+    assert!(full.is_err(), "two per second: {full:?}");
+
+    quotas[0].release(&k, &windows, &first).await.unwrap();
+    quotas[0].release(&k, &windows, &first).await.unwrap(); // frees nothing more
+    let again = quotas[1].reserve(&k, &windows, ms(0), 10).await.unwrap();
+    assert_eq!(again.map(|slot| slot.wait), Ok(Duration::ZERO));
+    let full = quotas[0].reserve(&k, &windows, ms(0), 10).await.unwrap();
+    assert!(full.is_err(), "one slot given back, one taken: {full:?}");
+}
+
+/// A current-thread runtime that the test blocks on purpose, so that a
+/// waiting caller wakes long after its slot, as on a starved machine.
+#[tokio::test(flavor = "current_thread")]
+async fn a_caller_woken_too_late_gives_its_shared_slot_back_and_takes_a_new_one() {
+    let server = Server::start();
+    let endpoint = &CANCEL_ONBOARD;
+    let table = LimitTable::new(
+        HashMap::from([(endpoint.name.to_owned(), vec![Window::per_second(1)])]),
+        Vec::new(),
+    );
+    let limiter = Limiter::shared(table, Duration::from_secs(5), 100, server.url(), 2);
+    let connected = Instant::now() + Duration::from_secs(3);
+    while limiter.degraded() != Some(false) {
+        assert!(Instant::now() < connected, "Redis not in use");
+        tokio::time::sleep(ms(10)).await;
+    }
+    let k = key(endpoint.name);
+    limiter.acquire(&k, endpoint, None).await.unwrap();
+    let second = tokio::spawn({
+        let (limiter, k) = (limiter.clone(), k.clone());
+        async move { limiter.acquire(&k, endpoint, None).await }
+    });
+    while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(ms(1)).await;
+    }
+    // Its slot is ~1.02 s away; the thread comes back 0.3 s after it.
+    std::thread::sleep(ms(1300));
+    second.await.unwrap().unwrap();
+
+    assert_eq!(limiter.stats().late_wakeups.load(Ordering::Relaxed), 1);
+    assert_eq!(limiter.stats().fallback_admitted.load(Ordering::Relaxed), 0);
+    // The first slot aged out of the window; the late one was given back, so
+    // only the new one is left (without the give-back the late one would stay).
+    let mut raw = server.raw().await;
+    let held: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("fgw:q:{{cli_test|-|{}}}:w:1000", endpoint.name))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
 }
 
 #[tokio::test]
@@ -353,7 +459,7 @@ async fn a_dead_or_hung_redis_fails_fast_and_is_used_again_once_back() {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match q.reserve(&k, &windows, ms(0), 10).await {
-            Ok(r) => break assert_eq!(r, Ok(Duration::ZERO)),
+            Ok(r) => break assert_eq!(r.map(|slot| slot.wait), Ok(Duration::ZERO)),
             Err(e) => assert!(Instant::now() < deadline, "not back: {e}"),
         }
         tokio::time::sleep(ms(20)).await;
@@ -366,7 +472,11 @@ async fn keys_expire_and_never_mix_and_errors_hide_the_password() {
     let q = RedisQuota::connect(&server.url()).await.unwrap();
     let windows = [Window::per_second(1), Window::per_minute(100)];
     let k = key("test.ttl");
-    q.reserve(&k, &windows, ms(500), 10).await.unwrap().unwrap();
+    q.reserve(&k, &windows, ms(500), 10)
+        .await
+        .unwrap()
+        .map(|slot| slot.wait)
+        .unwrap();
     q.pause(&k, Duration::from_secs(120)).await.unwrap();
     q.lower_limit(&k, 5).await.unwrap();
     let mut raw = server.raw().await;
@@ -399,7 +509,10 @@ async fn keys_expire_and_never_mix_and_errors_hide_the_password() {
             endpoint: "test.alias",
         };
         assert_eq!(
-            q.reserve(&k, &one, ms(0), 10).await.unwrap(),
+            q.reserve(&k, &one, ms(0), 10)
+                .await
+                .unwrap()
+                .map(|slot| slot.wait),
             Ok(Duration::ZERO)
         );
     }

@@ -199,89 +199,108 @@ impl Limiter {
         endpoint: &'static Endpoint,
         deadline: Option<Instant>,
     ) -> Result<(), Throttled> {
+        let latest = deadline.unwrap_or(Instant::now() + self.inner.max_wait);
+        let (mut t, mut slot) = self.reserve(key, endpoint, latest).await?;
         let now = Instant::now();
-        let latest = deadline.unwrap_or(now + self.inner.max_wait);
-        let reserved = match self.redis() {
-            Some(redis) => {
-                let windows = self.inner.table.windows(endpoint);
-                let result = redis
-                    .reserve(
-                        key,
-                        &windows,
-                        latest.saturating_duration_since(now),
-                        self.inner.max_queue,
-                    )
-                    .await;
-                match result {
-                    Ok(reserved) => {
-                        self.redis_ok();
-                        Some(reserved.map(|wait| Instant::now() + wait))
-                    }
-                    Err(e) => {
-                        self.redis_failed(&e);
-                        None
-                    }
-                }
+        self.inner.stats.admitted.fetch_add(1, Ordering::Relaxed);
+        if t > now {
+            let waited = t - now;
+            self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .waited_micros
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+            tokio::time::sleep_until(t)
+                .instrument(tracing::info_span!(
+                    "quota_wait",
+                    endpoint = endpoint.name,
+                    wait_ms = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX)
+                ))
+                .await;
+        }
+        // Woken too late for the slot (a busy machine): sending now could crowd
+        // the window of a later reservation, so give it back and take a new one
+        // (at the end of the queue).
+        for _ in 0..3 {
+            if Instant::now() <= t + slot.tolerance() {
+                break;
             }
-            None => None,
-        };
-        let (reserved, local) = match reserved {
-            Some(r) => (r, None),
-            None => {
-                if self.inner.shared.is_some() {
-                    self.inner
-                        .stats
-                        .fallback_admitted
-                        .fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .late_wakeups
+                .fetch_add(1, Ordering::Relaxed);
+            self.give_back(key, t, &slot).await;
+            (t, slot) = self.reserve(key, endpoint, latest).await?;
+            tokio::time::sleep_until(t).await;
+        }
+        Ok(())
+    }
+
+    /// The earliest slot no later than `latest`: from Redis when it is in
+    /// use, else from this replica's log.
+    async fn reserve(
+        &self,
+        key: &QuotaKey,
+        endpoint: &'static Endpoint,
+        latest: Instant,
+    ) -> Result<(Instant, Slot), Throttled> {
+        if let Some(redis) = self.redis() {
+            let windows = self.inner.table.windows(endpoint);
+            let now = Instant::now();
+            let result = redis
+                .reserve(
+                    key,
+                    &windows,
+                    latest.saturating_duration_since(now),
+                    self.inner.max_queue,
+                )
+                .await;
+            match result {
+                Ok(reserved) => {
+                    self.redis_ok();
+                    let reservation = reserved.map_err(|r| self.refused(endpoint, r))?;
+                    let t = Instant::now() + reservation.wait;
+                    let tolerance = sliding_log::tolerance(&windows);
+                    return Ok((
+                        t,
+                        Slot::Shared {
+                            redis,
+                            windows,
+                            reservation,
+                            tolerance,
+                        },
+                    ));
                 }
-                let log = self.log(key, endpoint);
-                let reserved = lock(&log).reserve(Instant::now(), latest);
-                (reserved, Some(log))
+                Err(e) => self.redis_failed(&e),
             }
-        };
-        match reserved {
-            Ok(mut t) => {
-                let now = Instant::now();
-                self.inner.stats.admitted.fetch_add(1, Ordering::Relaxed);
-                if t > now {
-                    let waited = t - now;
-                    self.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
-                    self.inner
-                        .stats
-                        .waited_micros
-                        .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-                    tokio::time::sleep_until(t)
-                        .instrument(tracing::info_span!(
-                            "quota_wait",
-                            endpoint = endpoint.name,
-                            wait_ms = i64::try_from(waited.as_millis()).unwrap_or(i64::MAX)
-                        ))
-                        .await;
-                }
-                // Woken too late for the slot (a busy machine): sending now could
-                // crowd the window of a later reservation, so take a new slot.
-                if let Some(log) = &local {
-                    for _ in 0..3 {
-                        let again = {
-                            let now = Instant::now();
-                            let mut log = lock(log);
-                            if now <= t + log.tolerance() {
-                                break;
-                            }
-                            log.release(t);
-                            log.reserve(now, latest)
-                        };
-                        self.inner
-                            .stats
-                            .late_wakeups
-                            .fetch_add(1, Ordering::Relaxed);
-                        t = again.map_err(|r| self.refused(endpoint, r))?;
-                        tokio::time::sleep_until(t).await;
-                    }
-                }
-                Ok(())
-            }
-            Err(r) => Err(self.refused(endpoint, r)),
+        }
+        if self.inner.shared.is_some() {
+            self.inner
+                .stats
+                .fallback_admitted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let log = self.log(key, endpoint);
+        let t = lock(&log)
+            .reserve(Instant::now(), latest)
+            .map_err(|r| self.refused(endpoint, r))?;
+        Ok((t, Slot::Local(log)))
+    }
+
+    /// Frees a slot that was not used at its time. A Redis that fails here
+    /// leaves the slot taken: that only throttles a little more, never less.
+    async fn give_back(&self, key: &QuotaKey, t: Instant, slot: &Slot) {
+        match slot {
+            Slot::Local(log) => lock(log).release(t),
+            Slot::Shared {
+                redis,
+                windows,
+                reservation,
+                ..
+            } => match redis.release(key, windows, reservation).await {
+                Ok(()) => self.redis_ok(),
+                Err(e) => self.redis_failed(&e),
+            },
         }
     }
 
@@ -381,6 +400,27 @@ impl Limiter {
         let log = Arc::new(Mutex::new(SlidingLog::new(&windows, self.inner.max_queue)));
         logs.insert(key.clone(), log.clone());
         log
+    }
+}
+
+/// Where a call's slot was taken, so that it can be given back.
+enum Slot {
+    Local(Arc<Mutex<SlidingLog>>),
+    Shared {
+        redis: RedisQuota,
+        windows: Vec<Window>,
+        reservation: redis::Reservation,
+        tolerance: Duration,
+    },
+}
+
+impl Slot {
+    /// How late a send may still leave on this slot.
+    fn tolerance(&self) -> Duration {
+        match self {
+            Slot::Local(log) => lock(log).tolerance(),
+            Slot::Shared { tolerance, .. } => *tolerance,
+        }
     }
 }
 

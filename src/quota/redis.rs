@@ -13,7 +13,9 @@
 //! The returned wait counts from the script's `now`; the reply's way back
 //! delays each send a little after its slot. Only the spread of that delay
 //! matters, and the margin each window carries (at least 5 ms) absorbs it,
-//! as it absorbs local scheduling.
+//! as it absorbs local scheduling. A caller that wakes later than that
+//! (a starved replica) gives its slot back with [`RedisQuota::release`] and
+//! reserves again, as it does on the local log.
 //!
 //! Key layout, all under one Redis Cluster hash tag so that one quota key
 //! lives in one slot (`<app>`, `<tenant>` and `<endpoint>` are escaped so
@@ -71,6 +73,15 @@ pub enum RedisQuotaError {
     /// Redis answered with an error, or with something the script never returns.
     #[error("redis quota: script failed: {0}")]
     Script(String),
+}
+
+/// A slot taken in Redis: when to send, and how to give it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// How long the caller sleeps before sending (zero: now), counted from the reply.
+    pub wait: Duration,
+    /// The slot's member in every window's sorted set (`<time>:<seq>`).
+    member: String,
 }
 
 /// The shared quota; cheap to clone (one multiplexed, self-reconnecting connection).
@@ -133,16 +144,16 @@ impl RedisQuota {
 
     /// One atomic script call: reserves the earliest slot for `key` over ALL
     /// `windows` together (nothing is taken when any window refuses), timed by
-    /// Redis so that replicas' clocks don't matter. `Ok(Ok(wait))` is how long
-    /// the caller sleeps before sending (zero: now); `Ok(Err(_))` refuses when
-    /// the slot is later than `max_wait` or `max_queue` calls already wait.
+    /// Redis so that replicas' clocks don't matter. `Ok(Ok(_))` says how long
+    /// the caller sleeps before sending; `Ok(Err(_))` refuses when the slot is
+    /// later than `max_wait` or `max_queue` calls already wait.
     pub async fn reserve(
         &self,
         key: &QuotaKey,
         windows: &[Window],
         max_wait: Duration,
         max_queue: usize,
-    ) -> Result<Result<Duration, Refusal>, RedisQuotaError> {
+    ) -> Result<Result<Reservation, Refusal>, RedisQuotaError> {
         let base = base_key(key);
         let span = |w: &Window| w.per + margin(w.per);
         // Window numbers in the script start at 1; 0 means none.
@@ -163,7 +174,7 @@ impl RedisQuota {
             ))
             .arg(shortest);
         for w in windows {
-            call.key(format!("{base}:w:{}", w.per.as_millis()))
+            call.key(window_key(&base, w))
                 .arg(w.limit)
                 .arg(micros(span(w)));
         }
@@ -171,7 +182,10 @@ impl RedisQuota {
         let reply: Vec<i64> = self.bounded(call.invoke_async(&mut conn)).await?;
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         match reply[..] {
-            [1, wait] => Ok(Ok(us(wait))),
+            [1, wait, t, seq] => Ok(Ok(Reservation {
+                wait: us(wait),
+                member: format!("{t}:{seq}"),
+            })),
             [0, retry, number, queue_full, limit] => {
                 let window = usize::try_from(number)
                     .ok()
@@ -191,6 +205,29 @@ impl RedisQuota {
                 "unexpected reply {reply:?}"
             ))),
         }
+    }
+
+    /// Gives back a slot its caller woke too late to use, on every replica's
+    /// log at once (`windows` as reserved). Later slots keep their times: they
+    /// were valid with this one in the log, so they stay valid without it.
+    pub async fn release(
+        &self,
+        key: &QuotaKey,
+        windows: &[Window],
+        slot: &Reservation,
+    ) -> Result<(), RedisQuotaError> {
+        let base = base_key(key);
+        let mut call = self.script.prepare_invoke();
+        call.key(format!("{base}:s"))
+            .key(format!("{base}:lim"))
+            .arg("release")
+            .arg(&slot.member);
+        for w in windows {
+            call.key(window_key(&base, w));
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
     }
 
     /// Feishu said wait (`x-ogw-ratelimit-reset`): no replica sends on this
@@ -270,6 +307,11 @@ fn base_key(key: &QuotaKey) -> String {
         tenant,
         escape(key.endpoint)
     )
+}
+
+/// `<base>:w:<per in ms>`: one sorted set per window length.
+fn window_key(base: &str, w: &Window) -> String {
+    format!("{base}:w:{}", w.per.as_millis())
 }
 
 /// Percent-encodes all but `[A-Za-z0-9._:]`, so that `|`, `{`, `}` and a

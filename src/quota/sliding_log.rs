@@ -25,6 +25,16 @@ pub fn margin(per: Duration) -> Duration {
     (per / 50).clamp(Duration::from_millis(10), Duration::from_millis(200))
 }
 
+/// How late a send may leave after its slot and still be covered: half the
+/// margin of the shortest window (the other half is left for the way to Feishu).
+pub fn tolerance<'a>(windows: impl IntoIterator<Item = &'a Window>) -> Duration {
+    windows
+        .into_iter()
+        .map(|w| margin(w.per) / 2)
+        .min()
+        .unwrap_or(Duration::ZERO)
+}
+
 #[derive(Debug)]
 struct WindowLog {
     window: Window,
@@ -133,13 +143,9 @@ impl SlidingLog {
         }
     }
 
-    /// The margin of the shortest window: how late a send may leave.
+    /// How late a send on this log may leave (see [`tolerance`]).
     pub fn tolerance(&self) -> Duration {
-        self.windows
-            .iter()
-            .map(|w| margin(w.window.per) / 2)
-            .min()
-            .unwrap_or(Duration::ZERO)
+        tolerance(self.windows.iter().map(|w| &w.window))
     }
 
     /// Feishu said to wait (`x-ogw-ratelimit-reset`): nothing is sent before `until`.

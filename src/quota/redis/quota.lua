@@ -2,7 +2,7 @@
 -- Atomic, and timed by the Redis server's clock so replicas' clocks don't matter.
 -- KEYS[1] state hash (last, paused, seq), KEYS[2] limit override,
 -- KEYS[3..] one sorted set of reserved times (µs) per window.
--- ARGV[1] = 'reserve' | 'pause' | 'lower'.
+-- ARGV[1] = 'reserve' | 'release' | 'pause' | 'lower'.
 if redis.replicate_commands then redis.replicate_commands() end
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
@@ -27,6 +27,12 @@ elseif op == 'lower' then
   if cur and cur < new then new = cur end
   redis.call('SET', KEYS[2], num(new), 'PX', ARGV[3])
   return 1
+elseif op == 'release' then
+  -- ARGV: the member a reservation returned ('<time>:<seq>'). A slot given back
+  -- (its caller woke too late to use it) leaves every window; later slots stay valid.
+  local n = 0
+  for w = 3, #KEYS do n = n + redis.call('ZREM', KEYS[w], ARGV[2]) end
+  return n
 elseif op ~= 'reserve' then
   return redis.error_reply('unknown quota op')
 end
@@ -67,11 +73,13 @@ end
 local wait = t - now
 if waiting >= max_queue then return {0, wait, binding, 1, limits[binding] or 0} end
 if wait > max_wait then return {0, wait, binding, 0, limits[binding] or 0} end
-local member = num(t) .. ':' .. redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local member = num(t) .. ':' .. seq
 for w = 1, nwin do
   redis.call('ZADD', KEYS[w + 2], num(t), member)
   extend(KEYS[w + 2], ttl)
 end
 redis.call('HSET', KEYS[1], 'last', num(t))
 extend(KEYS[1], ttl)
-return {1, wait}
+-- t (µs < 2^53) and seq come back as integers: `release` rebuilds the member from them.
+return {1, wait, t, seq}
