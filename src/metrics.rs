@@ -286,6 +286,12 @@ impl Collector for Components {
         )?;
         counter(
             &mut encoder,
+            "quota_abandoned",
+            "Slots given back because their caller went away before using them",
+            get(&q.abandoned),
+        )?;
+        counter(
+            &mut encoder,
             "quota_refused",
             "Calls refused for lack of a slot before their deadline",
             get(&q.refused),

@@ -13,7 +13,7 @@ use std::{
 use common::redis_server::Server;
 
 use feishu_gateway::{
-    catalog::{Window, CANCEL_ONBOARD},
+    catalog::{Endpoint, Window, CANCEL_ONBOARD},
     quota::{
         redis::{RedisQuota, RedisQuotaError},
         sliding_log::margin,
@@ -381,11 +381,42 @@ async fn a_slot_given_back_is_free_for_every_replica_once() {
     assert!(full.is_err(), "one slot given back, one taken: {full:?}");
 }
 
-/// A current-thread runtime that the test blocks on purpose, so that a
-/// waiting caller wakes long after its slot, as on a starved machine.
-#[tokio::test(flavor = "current_thread")]
-async fn a_caller_woken_too_late_gives_its_shared_slot_back_and_takes_a_new_one() {
+#[tokio::test]
+async fn a_shared_slot_whose_caller_went_away_is_given_back() {
     let server = Server::start();
+    let (limiter, endpoint) = shared_limiter(&server).await;
+    let k = key(endpoint.name);
+    limiter.acquire(&k, endpoint, None).await.unwrap();
+    let gone = tokio::spawn({
+        let (limiter, k) = (limiter.clone(), k.clone());
+        async move { limiter.acquire(&k, endpoint, None).await }
+    });
+    while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(ms(1)).await;
+    }
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    assert_eq!(limiter.stats().abandoned.load(Ordering::Relaxed), 1);
+
+    // Given back off the caller's path: only the first slot stays.
+    let mut raw = server.raw().await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let held: u64 = redis::cmd("ZCARD")
+            .arg(window_key(endpoint))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if held == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{held} slots still held");
+        tokio::time::sleep(ms(10)).await;
+    }
+}
+
+/// A limiter sharing a 1-per-second quota through `server`, once it uses Redis.
+async fn shared_limiter(server: &Server) -> (Limiter, &'static Endpoint) {
     let endpoint = &CANCEL_ONBOARD;
     let table = LimitTable::new(
         HashMap::from([(endpoint.name.to_owned(), vec![Window::per_second(1)])]),
@@ -397,6 +428,20 @@ async fn a_caller_woken_too_late_gives_its_shared_slot_back_and_takes_a_new_one(
         assert!(Instant::now() < connected, "Redis not in use");
         tokio::time::sleep(ms(10)).await;
     }
+    (limiter, endpoint)
+}
+
+/// The Redis key of the 1 s window of `endpoint` for app `cli_test`.
+fn window_key(endpoint: &Endpoint) -> String {
+    format!("fgw:q:{{cli_test|-|{}}}:w:1000", endpoint.name)
+}
+
+/// A current-thread runtime that the test blocks on purpose, so that a
+/// waiting caller wakes long after its slot, as on a starved machine.
+#[tokio::test(flavor = "current_thread")]
+async fn a_caller_woken_too_late_gives_its_shared_slot_back_and_takes_a_new_one() {
+    let server = Server::start();
+    let (limiter, endpoint) = shared_limiter(&server).await;
     let k = key(endpoint.name);
     limiter.acquire(&k, endpoint, None).await.unwrap();
     let second = tokio::spawn({
@@ -416,7 +461,7 @@ async fn a_caller_woken_too_late_gives_its_shared_slot_back_and_takes_a_new_one(
     // only the new one is left (without the give-back the late one would stay).
     let mut raw = server.raw().await;
     let held: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("fgw:q:{{cli_test|-|{}}}:w:1000", endpoint.name))
+        .arg(window_key(endpoint))
         .arg(0)
         .arg(-1)
         .query_async(&mut raw)

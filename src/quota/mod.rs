@@ -54,6 +54,8 @@ pub struct QuotaStats {
     pub upstream_rate_limited: AtomicU64,
     /// Slots given back and taken again because the caller woke too late to use them.
     pub late_wakeups: AtomicU64,
+    /// Slots given back because their caller went away before using them.
+    pub abandoned: AtomicU64,
     /// Reservations made from the local share because Redis was unreachable.
     pub fallback_admitted: AtomicU64,
     /// Redis calls that failed.
@@ -200,7 +202,13 @@ impl Limiter {
         deadline: Option<Instant>,
     ) -> Result<(), Throttled> {
         let latest = deadline.unwrap_or(Instant::now() + self.inner.max_wait);
-        let (mut t, mut slot) = self.reserve(key, endpoint, latest).await?;
+        let (t, slot) = self.reserve(key, endpoint, latest).await?;
+        let mut held = Held {
+            limiter: self,
+            key,
+            t,
+            slot: Some(slot),
+        };
         let now = Instant::now();
         self.inner.stats.admitted.fetch_add(1, Ordering::Relaxed);
         if t > now {
@@ -222,17 +230,23 @@ impl Limiter {
         // the window of a later reservation, so give it back and take a new one
         // (at the end of the queue).
         for _ in 0..3 {
-            if Instant::now() <= t + slot.tolerance() {
+            let Some(slot) = held
+                .slot
+                .take_if(|s| Instant::now() > held.t + s.tolerance())
+            else {
                 break;
-            }
+            };
             self.inner
                 .stats
                 .late_wakeups
                 .fetch_add(1, Ordering::Relaxed);
-            self.give_back(key, t, &slot).await;
-            (t, slot) = self.reserve(key, endpoint, latest).await?;
+            self.give_back(key, held.t, slot).await;
+            let (t, slot) = self.reserve(key, endpoint, latest).await?;
+            (held.t, held.slot) = (t, Some(slot));
             tokio::time::sleep_until(t).await;
         }
+        // Used: the caller sends now.
+        held.slot = None;
         Ok(())
     }
 
@@ -289,15 +303,15 @@ impl Limiter {
 
     /// Frees a slot that was not used at its time. A Redis that fails here
     /// leaves the slot taken: that only throttles a little more, never less.
-    async fn give_back(&self, key: &QuotaKey, t: Instant, slot: &Slot) {
+    async fn give_back(&self, key: &QuotaKey, t: Instant, slot: Slot) {
         match slot {
-            Slot::Local(log) => lock(log).release(t),
+            Slot::Local(log) => lock(&log).release(t),
             Slot::Shared {
                 redis,
                 windows,
                 reservation,
                 ..
-            } => match redis.release(key, windows, reservation).await {
+            } => match redis.release(key, &windows, &reservation).await {
                 Ok(()) => self.redis_ok(),
                 Err(e) => self.redis_failed(&e),
             },
@@ -403,6 +417,36 @@ impl Limiter {
     }
 }
 
+/// A slot its caller has not used yet. Dropped while still held (the caller
+/// hung up, or its deadline fired while it waited), it is given back, so the
+/// quota it stood for goes to the next caller instead of being lost.
+struct Held<'a> {
+    limiter: &'a Limiter,
+    key: &'a QuotaKey,
+    t: Instant,
+    slot: Option<Slot>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let stats = &self.limiter.inner.stats;
+        stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        match slot {
+            Slot::Local(log) => lock(&log).release(self.t),
+            shared => {
+                // Redis is a round trip away: off the path of whoever dropped us.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (limiter, key, t) = (self.limiter.clone(), self.key.clone(), self.t);
+                    runtime.spawn(async move { limiter.give_back(&key, t, shared).await });
+                }
+            }
+        }
+    }
+}
+
 /// Where a call's slot was taken, so that it can be given back.
 enum Slot {
     Local(Arc<Mutex<SlidingLog>>),
@@ -427,4 +471,43 @@ impl Slot {
 /// A poisoned lock still holds a consistent log (every update is one push or pop).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::CANCEL_ONBOARD;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_whose_caller_went_away_goes_to_the_next_caller() {
+        let per = Duration::from_secs(1);
+        let limiter = Limiter::new(
+            LimitTable::new(
+                HashMap::from([(CANCEL_ONBOARD.name.to_owned(), vec![Window::per_second(1)])]),
+                Vec::new(),
+            ),
+            Duration::from_secs(10),
+            100,
+        );
+        let key = QuotaKey {
+            app: "cli_a".into(),
+            tenant: None,
+            endpoint: CANCEL_ONBOARD.name,
+        };
+        let start = Instant::now();
+        limiter.acquire(&key, &CANCEL_ONBOARD, None).await.unwrap();
+        let gone = tokio::spawn({
+            let (limiter, key) = (limiter.clone(), key.clone());
+            async move { limiter.acquire(&key, &CANCEL_ONBOARD, None).await }
+        });
+        tokio::time::sleep(per / 10).await;
+        assert_eq!(limiter.stats().waited.load(Ordering::Relaxed), 1);
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        assert_eq!(limiter.stats().abandoned.load(Ordering::Relaxed), 1);
+
+        // The next caller gets the slot the one that left would have used.
+        limiter.acquire(&key, &CANCEL_ONBOARD, None).await.unwrap();
+        assert_eq!(start.elapsed(), per + sliding_log::margin(per));
+    }
 }
