@@ -12,7 +12,7 @@
 //!
 //! The returned wait counts from the script's `now`; the reply's way back
 //! delays each send a little after its slot. Only the spread of that delay
-//! matters, and the margin each window carries (at least 5 ms) absorbs it,
+//! matters, and the margin each window carries (2%, at least 10 ms) absorbs it,
 //! as it absorbs local scheduling. A caller that wakes later than that
 //! (a starved replica) gives its slot back with [`RedisQuota::release`] and
 //! reserves again, as it does on the local log.

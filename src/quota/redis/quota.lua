@@ -29,7 +29,8 @@ elseif op == 'lower' then
   return 1
 elseif op == 'release' then
   -- ARGV: the member a reservation returned ('<time>:<seq>'). A slot given back
-  -- (its caller woke too late to use it) leaves every window; later slots stay valid.
+  -- (its caller woke too late to use it, or went away) leaves every window; later
+  -- slots stay valid.
   local n = 0
   for w = 3, #KEYS do n = n + redis.call('ZREM', KEYS[w], ARGV[2]) end
   return n
