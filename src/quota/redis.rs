@@ -207,9 +207,10 @@ impl RedisQuota {
         }
     }
 
-    /// Gives back a slot its caller woke too late to use, on every replica's
-    /// log at once (`windows` as reserved). Later slots keep their times: they
-    /// were valid with this one in the log, so they stay valid without it.
+    /// Gives back a slot its caller woke too late to use, or left before using,
+    /// on every replica's log at once (`windows` as reserved). Later slots keep
+    /// their times: they were valid with this one in the log, so they stay
+    /// valid without it.
     pub async fn release(
         &self,
         key: &QuotaKey,
