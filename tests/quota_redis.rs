@@ -14,6 +14,7 @@ use common::redis_server::Server;
 
 use feishu_gateway::{
     catalog::{Endpoint, Window, CANCEL_ONBOARD},
+    error::Throttled,
     quota::{
         redis::{RedisQuota, RedisQuotaError},
         sliding_log::margin,
@@ -385,15 +386,7 @@ async fn a_slot_given_back_is_free_for_every_replica_once() {
 async fn a_shared_slot_whose_caller_went_away_is_given_back() {
     let server = Server::start();
     let (limiter, endpoint) = shared_limiter(&server).await;
-    let k = key(endpoint.name);
-    limiter.acquire(&k, endpoint, None).await.unwrap();
-    let gone = tokio::spawn({
-        let (limiter, k) = (limiter.clone(), k.clone());
-        async move { limiter.acquire(&k, endpoint, None).await }
-    });
-    while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(ms(1)).await;
-    }
+    let gone = second_caller_waiting(&limiter, endpoint).await;
     gone.abort();
     assert!(gone.await.unwrap_err().is_cancelled());
     assert_eq!(limiter.stats().abandoned.load(Ordering::Relaxed), 1);
@@ -431,6 +424,24 @@ async fn shared_limiter(server: &Server) -> (Limiter, &'static Endpoint) {
     (limiter, endpoint)
 }
 
+/// One caller served at once; a second one, spawned, sleeping until its slot
+/// about a window later.
+async fn second_caller_waiting(
+    limiter: &Limiter,
+    endpoint: &'static Endpoint,
+) -> tokio::task::JoinHandle<Result<(), Throttled>> {
+    let k = key(endpoint.name);
+    limiter.acquire(&k, endpoint, None).await.unwrap();
+    let second = tokio::spawn({
+        let limiter = limiter.clone();
+        async move { limiter.acquire(&k, endpoint, None).await }
+    });
+    while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(ms(1)).await;
+    }
+    second
+}
+
 /// The Redis key of the 1 s window of `endpoint` for app `cli_test`.
 fn window_key(endpoint: &Endpoint) -> String {
     format!("fgw:q:{{cli_test|-|{}}}:w:1000", endpoint.name)
@@ -442,15 +453,7 @@ fn window_key(endpoint: &Endpoint) -> String {
 async fn a_caller_woken_too_late_gives_its_shared_slot_back_and_takes_a_new_one() {
     let server = Server::start();
     let (limiter, endpoint) = shared_limiter(&server).await;
-    let k = key(endpoint.name);
-    limiter.acquire(&k, endpoint, None).await.unwrap();
-    let second = tokio::spawn({
-        let (limiter, k) = (limiter.clone(), k.clone());
-        async move { limiter.acquire(&k, endpoint, None).await }
-    });
-    while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(ms(1)).await;
-    }
+    let second = second_caller_waiting(&limiter, endpoint).await;
     // Its slot is ~1.02 s away; the thread comes back 0.3 s after it.
     std::thread::sleep(ms(1300));
     second.await.unwrap().unwrap();

@@ -103,6 +103,7 @@ impl Harness {
         assert_eq!(response.status(), 200);
         response.text().await.expect("text")
     }
+
     pub fn pre_hire(&self) -> PreHireServiceClient<Channel> {
         PreHireServiceClient::new(self.channel.clone())
     }
