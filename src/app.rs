@@ -22,7 +22,7 @@ use crate::{
     metrics::Metrics,
     quota::{LimitTable, Limiter},
     token::TokenManager,
-    upstream::Upstream,
+    upstream::{Upstream, UpstreamOptions},
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,11 +47,23 @@ pub async fn start(
     settings: &Settings,
     apps: Vec<(String, AppCredentials)>,
 ) -> Result<Running, BoxError> {
-    let upstream = Upstream::new(
-        &settings.feishu.base_url,
-        settings.request_timeout(),
-        Duration::from_millis(settings.feishu.connect_timeout_ms),
-    )?;
+    let extra_roots_pem = match &settings.feishu.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            format!(
+                "FEISHU_CA_FILE (feishu.ca_file) {} cannot be read: {}",
+                path.display(),
+                e.kind()
+            )
+        })?),
+        None => None,
+    };
+    let upstream = Upstream::new(&UpstreamOptions {
+        base_url: settings.feishu.base_url.clone(),
+        timeout: settings.request_timeout(),
+        connect_timeout: Duration::from_millis(settings.feishu.connect_timeout_ms),
+        http2_prior_knowledge: settings.feishu.http2_prior_knowledge,
+        extra_roots_pem,
+    })?;
     let default_app: Arc<str> = Arc::from(DEFAULT_APP);
     let max_wait = Duration::from_millis(settings.gateway.max_quota_wait_ms);
     if !apps.iter().any(|(name, _)| name == DEFAULT_APP) {

@@ -39,27 +39,44 @@ pub struct Upstream {
     latency_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// How the client reaches Feishu, from `[feishu]` settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Feishu's origin (`https://…`, or `http://` on loopback).
+    pub base_url: String,
+    /// Bound on one exchange when the caller's deadline is later.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Speak HTTP/2 without negotiation to a plain-`http` origin.
+    pub http2_prior_knowledge: bool,
+    /// PEM root certificates trusted besides the system's.
+    pub extra_roots_pem: Option<Vec<u8>>,
+}
+
 impl Upstream {
-    pub fn new(
-        base_url: &str,
-        timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    pub fn new(opts: &UpstreamOptions) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let base_url = opts.base_url.as_str();
         let base = reqwest::Url::parse(base_url)?;
         if base.cannot_be_a_base() || base.path() != "/" || base.query().is_some() {
             return Err(format!("the Feishu base URL must be an origin, got {base_url:?}").into());
         }
+        // Over TLS, rustls offers `h2` and `http/1.1` by ALPN and the server
+        // picks. Over plain HTTP there is no negotiation: HTTP/1.1 with a
+        // keep-alive pool, as every HTTP client speaks, unless the operator
+        // knows the upstream speaks h2c.
         let mut builder = reqwest::Client::builder();
-        if base_url.starts_with("http://") {
-            // Plain HTTP is allowed only to loopback (the sandbox): speak HTTP/2
-            // there as the gateway does to Feishu over TLS (ALPN), one
-            // multiplexed connection rather than one connection per call in flight.
+        if base.scheme() == "http" && opts.http2_prior_knowledge {
             builder = builder.http2_prior_knowledge();
+        }
+        if let Some(pem) = &opts.extra_roots_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         let client = builder
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect_timeout)
+            .connect_timeout(opts.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
@@ -68,7 +85,7 @@ impl Upstream {
         Ok(Self {
             client,
             base_url: base,
-            timeout,
+            timeout: opts.timeout,
             latency_micros: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
     }

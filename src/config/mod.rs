@@ -42,6 +42,14 @@ pub struct FeishuSettings {
     pub request_timeout_ms: u64,
     /// Bound on opening a connection to Feishu.
     pub connect_timeout_ms: u64,
+    /// Plain `http` upstreams (loopback only) get HTTP/1.1 with a keep-alive
+    /// pool unless this is set (`FEISHU_HTTP2_PRIOR_KNOWLEDGE`): most local
+    /// Feishu doubles, egress sidecars and proxies speak only HTTP/1.1 and
+    /// answer an HTTP/2 greeting with 505. `https` always offers both by ALPN.
+    pub http2_prior_knowledge: bool,
+    /// Extra root certificates (PEM) trusted for Feishu's TLS, besides the
+    /// system's (`FEISHU_CA_FILE`): an egress proxy that re-signs, or a test upstream.
+    pub ca_file: Option<PathBuf>,
     /// More apps, selected by callers with `x-feishu-app` metadata (TOML only).
     pub apps: Vec<AppSettings>,
 }
@@ -79,6 +87,8 @@ impl Default for FeishuSettings {
             app_secret_file: None,
             request_timeout_ms: 10_000,
             connect_timeout_ms: 2_000,
+            http2_prior_knowledge: false,
+            ca_file: None,
             apps: Vec::new(),
         }
     }
@@ -192,6 +202,11 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FEISHU_APP_SECRET_FILE", "feishu.app_secret_file"),
     ("FEISHU_REQUEST_TIMEOUT_MS", "feishu.request_timeout_ms"),
     ("FEISHU_CONNECT_TIMEOUT_MS", "feishu.connect_timeout_ms"),
+    (
+        "FEISHU_HTTP2_PRIOR_KNOWLEDGE",
+        "feishu.http2_prior_knowledge",
+    ),
+    ("FEISHU_CA_FILE", "feishu.ca_file"),
     ("GATEWAY_LISTEN", "gateway.listen"),
     ("GATEWAY_ADMIN_LISTEN", "gateway.admin_listen"),
     ("GATEWAY_MAX_REQUEST_BYTES", "gateway.max_request_bytes"),
