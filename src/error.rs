@@ -44,6 +44,9 @@ pub enum Error {
         stage: &'static str,
         endpoint: &'static str,
     },
+    /// The caller went away before anything was sent.
+    #[error("the caller went away before the call to {endpoint} was sent")]
+    Cancelled { endpoint: &'static str },
     /// The gateway cannot serve the call right now (draining, misconfigured app selection, …).
     #[error("{message}")]
     Unavailable {
@@ -93,11 +96,14 @@ impl FeishuError {
 /// What went wrong on the way to or from Feishu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
-    /// No connection could be made: nothing was sent, a retry is safe.
+    /// No connection could be made (refused, TLS handshake failed): nothing was sent.
     Connect,
+    /// Feishu's side refused the request before processing it (HTTP/2
+    /// REFUSED_STREAM, or a GOAWAY whose last stream is below ours): nothing ran.
+    Refused,
     /// The exchange exceeded the gateway's upstream timeout; Feishu may have run the call.
     Timeout,
-    /// The caller's deadline cut the exchange short; Feishu may have run the call.
+    /// The caller's deadline cut the exchange short (or left no time to send).
     CallerDeadline,
     /// The connection closed before a full answer; Feishu may have run the call.
     Dropped,
@@ -110,6 +116,7 @@ impl FaultKind {
     pub fn label(self) -> &'static str {
         match self {
             FaultKind::Connect => "connect",
+            FaultKind::Refused => "refused",
             FaultKind::Timeout => "timeout",
             FaultKind::CallerDeadline => "caller_deadline",
             FaultKind::Dropped => "dropped",
@@ -118,21 +125,55 @@ impl FaultKind {
     }
 }
 
+/// Whether any byte of the request may have reached Feishu's handler. It is
+/// decided where the fault is born (as pingora's errors carry their retry
+/// rule), because only there is it known; nothing downstream guesses it from
+/// the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Provably not: a retry cannot run the call twice.
+    No,
+    /// Possibly: the call may have been applied.
+    Maybe,
+}
+
 /// Feishu gave no usable answer.
 #[derive(Debug, Clone)]
 pub struct UpstreamFault {
     pub endpoint: &'static str,
     pub kind: FaultKind,
+    pub sent: Sent,
     pub http_status: Option<u16>,
     pub log_id: Option<String>,
     /// What happened, without any secret (no header values, no body).
     pub detail: String,
+    /// The business endpoint whose call never left because this fault hit
+    /// the token request it needed first.
+    pub blocked: Option<&'static str>,
 }
 
 impl UpstreamFault {
-    /// Whether Feishu certainly did not run the call.
+    pub fn new(endpoint: &'static str, kind: FaultKind, sent: Sent, detail: String) -> Self {
+        Self {
+            endpoint,
+            kind,
+            sent,
+            http_status: None,
+            log_id: None,
+            detail,
+            blocked: None,
+        }
+    }
+
+    /// Whether this request certainly did not reach Feishu (safe to send again).
     pub fn nothing_sent(&self) -> bool {
-        self.kind == FaultKind::Connect
+        self.sent == Sent::No
+    }
+
+    /// Whether the caller's call may have been applied: never when the fault
+    /// hit the token request that had to come first.
+    pub fn may_have_run(&self) -> bool {
+        self.sent == Sent::Maybe && self.blocked.is_none()
     }
 }
 
@@ -145,6 +186,20 @@ pub struct Throttled {
     pub retry_after: Duration,
     /// Refused because too many calls already wait for this key.
     pub queue_full: bool,
+}
+
+impl Error {
+    /// This error happened while getting a token for `write`, so the write
+    /// itself was never sent: a fault of the token request says so.
+    pub fn before_sending(self, write: &'static str) -> Self {
+        match self {
+            Error::Upstream(mut u) => {
+                u.blocked = Some(write);
+                Error::Upstream(u)
+            }
+            other => other,
+        }
+    }
 }
 
 impl From<FeishuError> for Error {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Deserialize};
 
-use crate::error::{Error, FaultKind, FeishuError, FieldViolation, UpstreamFault};
+use crate::error::{Error, FaultKind, FeishuError, FieldViolation, Sent, UpstreamFault};
 
 /// One answer from Feishu, before interpretation.
 #[derive(Debug)]
@@ -168,12 +168,16 @@ fn not_feishu_json(endpoint: &'static str, answer: &RawAnswer, e: &serde_json::E
 }
 
 fn malformed(endpoint: &'static str, answer: &RawAnswer, detail: &str) -> UpstreamFault {
+    // Feishu answered, so the request reached it: it may have run.
     UpstreamFault {
-        endpoint,
-        kind: FaultKind::Malformed,
         http_status: Some(answer.status),
         log_id: answer.log_id.clone(),
-        detail: detail.to_owned(),
+        ..UpstreamFault::new(
+            endpoint,
+            FaultKind::Malformed,
+            Sent::Maybe,
+            detail.to_owned(),
+        )
     }
 }
 

@@ -99,9 +99,9 @@ impl Metrics {
         self
     }
 
-    pub fn rpc_started(&self) -> InFlight<'_> {
+    pub fn rpc_started(&self) -> InFlight {
         self.in_flight.inc();
-        InFlight(&self.in_flight)
+        InFlight(self.in_flight.clone())
     }
 
     pub fn rpc_finished(&self, method: &'static str, code: tonic::Code, took: Duration) {
@@ -135,9 +135,11 @@ impl Metrics {
 }
 
 /// Decrements the in-flight gauge when the call ends, however it ends.
-pub struct InFlight<'a>(&'a Gauge);
+/// Owns a handle on the gauge, so that a call finishing in its own task
+/// (a write left to complete after its caller went away) still counts.
+pub struct InFlight(Gauge);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -35,7 +35,7 @@ use feishu_gateway::{
         hire::v1::{CancelOnboardRequest, TerminationType},
     },
     quota::sliding_log::margin,
-    sandbox::{demo, SandboxConfig},
+    sandbox::{demo, PreHireStage, SandboxConfig},
 };
 use opentelemetry::{
     trace::{SpanKind, TracerProvider as _},

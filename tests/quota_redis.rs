@@ -431,10 +431,13 @@ async fn second_caller_waiting(
     endpoint: &'static Endpoint,
 ) -> tokio::task::JoinHandle<Result<(), Throttled>> {
     let k = key(endpoint.name);
-    limiter.acquire(&k, endpoint, None).await.unwrap();
+    limiter
+        .acquire(&k, endpoint, None, Duration::ZERO)
+        .await
+        .unwrap();
     let second = tokio::spawn({
         let limiter = limiter.clone();
-        async move { limiter.acquire(&k, endpoint, None).await }
+        async move { limiter.acquire(&k, endpoint, None, Duration::ZERO).await }
     });
     while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(ms(1)).await;

@@ -69,6 +69,53 @@ pub struct CallContext {
     pub app: Option<String>,
     /// Tenant of a store app (`x-feishu-tenant-key`).
     pub tenant: Option<String>,
+    /// Whether the write has started; shared with whoever may cancel the call.
+    pub commit: Commit,
+}
+
+/// The line between a call that can still be cancelled and one whose write
+/// is on the wire. Before it, a caller that goes away takes the call with it
+/// (its quota slot goes back). After it, the exchange runs to Feishu's answer,
+/// so that the audit trail holds the real outcome and log id, never a guess.
+#[derive(Debug, Clone, Default)]
+pub struct Commit(Arc<std::sync::Mutex<Phase>>);
+
+#[derive(Debug, Default)]
+struct Phase {
+    sending: bool,
+    caller_left: bool,
+}
+
+impl Commit {
+    /// Called just before a send: `false` when the caller has already left
+    /// (then nothing may be sent).
+    pub fn begin_send(&self) -> bool {
+        let mut p = self.lock();
+        p.sending = !p.caller_left;
+        p.sending
+    }
+
+    /// The send failed having certainly sent nothing: cancellable again.
+    /// `false` when the caller left meanwhile (so no retry).
+    pub fn nothing_sent(&self) -> bool {
+        let mut p = self.lock();
+        p.sending = false;
+        !p.caller_left
+    }
+
+    /// The caller went away. Returns whether the call may be cancelled now
+    /// (no write on the wire); otherwise it must be left to finish.
+    pub fn caller_left(&self) -> bool {
+        let mut p = self.lock();
+        p.caller_left = true;
+        !p.sending
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A successful call.
@@ -160,10 +207,22 @@ impl Gateway {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let token = self.tokens.get(&token_key, ctx.deadline).await?;
+            let token = self
+                .tokens
+                .get(&token_key, ctx.deadline)
+                .await
+                .map_err(|e| e.before_sending(endpoint.name))?;
+            // The slot must leave room for the answer to come back before the
+            // caller's deadline; the limiter checks it again on every wake-up.
+            let need = self.upstream.estimate(endpoint.name);
             self.limiter
-                .acquire(&quota_key, endpoint, ctx.deadline)
+                .acquire(&quota_key, endpoint, ctx.deadline, need)
                 .await?;
+            if !ctx.commit.begin_send() {
+                return Err(Error::Cancelled {
+                    endpoint: endpoint.name,
+                });
+            }
             let span = tracing::info_span!(
                 "upstream",
                 otel.name = endpoint.name,
@@ -184,6 +243,7 @@ impl Gateway {
                     bearer: Some(token.bearer()),
                     body: body.clone(),
                     deadline: ctx.deadline,
+                    finish_past_deadline: endpoint.write,
                 })
                 .instrument(span.clone())
                 .await;
@@ -197,10 +257,11 @@ impl Gateway {
                 // Nothing reached Feishu: trying again cannot run the write twice.
                 Err(fault)
                     if fault.nothing_sent()
+                        && ctx.commit.nothing_sent()
                         && attempt < MAX_ATTEMPTS
                         && time_left(ctx.deadline, Duration::from_millis(50)) =>
                 {
-                    tracing::warn!(endpoint = endpoint.name, detail = %fault.detail, "connect failed; retrying");
+                    tracing::warn!(endpoint = endpoint.name, detail = %fault.detail, "nothing was sent; retrying");
                     tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
                     continue;
                 }
@@ -236,6 +297,9 @@ impl Gateway {
                     );
                     self.tokens.reject(&token_key, &token, f.code);
                     token_retried = true;
+                    if !ctx.commit.nothing_sent() {
+                        return Err(Error::Feishu(f));
+                    }
                 }
                 Err(Error::Feishu(f)) if f.is_rate_limited() => {
                     self.limiter.feedback(
@@ -245,7 +309,10 @@ impl Gateway {
                         f.ratelimit_limit,
                     );
                     let wait = f.ratelimit_reset.unwrap_or(Duration::from_secs(1));
-                    if attempt >= MAX_ATTEMPTS || !time_left(ctx.deadline, wait) {
+                    if attempt >= MAX_ATTEMPTS
+                        || !time_left(ctx.deadline, wait)
+                        || !ctx.commit.nothing_sent()
+                    {
                         return Err(Error::Feishu(f));
                     }
                 }

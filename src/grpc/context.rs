@@ -68,6 +68,7 @@ pub fn read(metadata: &MetadataMap) -> (CallContext, Locale) {
         deadline,
         app: text(APP_HEADER).map(str::to_owned),
         tenant: text(TENANT_HEADER).map(str::to_owned),
+        commit: Default::default(),
     };
     (ctx, Locale::from_accept_language(text("accept-language")))
 }

@@ -15,7 +15,8 @@ use tracing::{field::Empty, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
-    gateway::{Gateway, Operation},
+    error::{Error, FaultKind, Sent, UpstreamFault},
+    gateway::{Commit, Gateway, Operation},
     metrics::Metrics,
     pb::feishu::{corehr::v2 as corehr, hire::v1 as hire},
     telemetry,
@@ -44,10 +45,11 @@ impl Services {
         request: Request<O>,
     ) -> Result<Response<O::Output>, Status>
     where
-        O: Operation,
+        O: Operation + Send + 'static,
+        O::Output: 'static,
     {
         let started = Instant::now();
-        let _in_flight = self.metrics.rpc_started();
+        let in_flight = self.metrics.rpc_started();
         let caller: Arc<str> = match request.extensions().get::<CallerIdentity>() {
             Some(CallerIdentity(name)) => name.clone(),
             None => Arc::from(
@@ -78,50 +80,129 @@ impl Services {
         }
 
         let (ctx, locale) = context::read(request.metadata());
+        let deadline = ctx.deadline;
+        let commit = ctx.commit.clone();
         let message = request.into_inner();
-        let facts = message.audit();
-        // Written however the call ends: a caller that gives up (its stream
-        // reset) drops this future, and the guard still records it as CANCELLED.
-        let mut record = Record {
-            metrics: &self.metrics,
-            method,
-            started,
-            caller,
-            subject: message.subject(),
-            related: facts.related.join(","),
-            text_chars: facts.text_chars,
-            span: span.clone(),
-            done: false,
-        };
-        let result = self.gateway.call(&ctx, &message).instrument(span).await;
-        match result {
-            Ok(answer) => {
-                record.finish(Code::Ok, "", answer.log_id.as_deref());
-                let mut response = Response::new(answer.value);
-                if let Some(value) = answer.log_id.and_then(|l| l.parse().ok()) {
-                    response.metadata_mut().insert(LOG_ID_HEADER, value);
+        let gateway = self.gateway.clone();
+        let metrics = self.metrics.clone();
+        let told = Told::default();
+        let told_by_task = told.clone();
+        // The call runs in a task of its own, so that a write already on the
+        // wire outlives its caller: it runs to Feishu's answer and the audit
+        // record holds the real outcome and log id. Before the write starts,
+        // a caller that goes away cancels it (see `Cancel`).
+        let mut task = tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let facts = message.audit();
+            // Written however the call ends: a call cancelled before it sent
+            // anything drops this, and it records CANCELLED.
+            let mut record = Record {
+                metrics,
+                method,
+                started,
+                caller,
+                subject: message.subject(),
+                related: facts.related.join(","),
+                text_chars: facts.text_chars,
+                span: span.clone(),
+                told: told_by_task,
+                done: false,
+            };
+            let result = gateway.call(&ctx, &message).instrument(span).await;
+            match result {
+                Ok(answer) => {
+                    record.finish(Code::Ok, "", answer.log_id.as_deref());
+                    let mut response = Response::new(answer.value);
+                    if let Some(value) = answer.log_id.and_then(|l| l.parse().ok()) {
+                        response.metadata_mut().insert(LOG_ID_HEADER, value);
+                    }
+                    Ok(response)
                 }
-                Ok(response)
+                Err(e) => {
+                    let status = status::to_status(&e, locale);
+                    let details = status.get_error_details();
+                    let info = details.error_info();
+                    record.finish(
+                        status.code(),
+                        info.map_or("", |i| i.reason.as_str()),
+                        info.and_then(|i| i.metadata.get("logId"))
+                            .map(String::as_str),
+                    );
+                    Err(status)
+                }
             }
-            Err(e) => {
-                let status = status::to_status(&e, locale);
-                let details = status.get_error_details();
-                let info = details.error_info();
-                record.finish(
-                    status.code(),
-                    info.map_or("", |i| i.reason.as_str()),
-                    info.and_then(|i| i.metadata.get("logId"))
-                        .map(String::as_str),
-                );
-                Err(status)
+        });
+        let mut cancel = Cancel {
+            commit: commit.clone(),
+            told: told.clone(),
+            task: Some(task.abort_handle()),
+        };
+        let joined = match deadline {
+            None => (&mut task).await,
+            Some(deadline) => {
+                tokio::select! {
+                    joined = &mut task => joined,
+                    () = tokio::time::sleep_until(deadline) => {
+                        // The caller's deadline came while the task still runs.
+                        // If the write is on the wire, answer now, precisely,
+                        // and leave it to finish; before that the task's own
+                        // stages end at this deadline with a better status.
+                        if commit.caller_left() {
+                            (&mut task).await
+                        } else {
+                            let _ = told.0.set(Code::DeadlineExceeded);
+                            return Err(status::to_status(
+                                &Error::Upstream(Box::new(UpstreamFault::new(
+                                    O::ENDPOINT.name,
+                                    FaultKind::CallerDeadline,
+                                    Sent::Maybe,
+                                    "the write was sent; its answer did not come before the caller's deadline, and its outcome goes to the audit trail".into(),
+                                ))),
+                                locale,
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        cancel.task = None;
+        joined.unwrap_or_else(|e| {
+            tracing::error!(method, error = %e, "the call's task failed");
+            Err(Status::internal(
+                "the gateway failed while serving the call",
+            ))
+        })
+    }
+}
+
+/// Cancels a call whose caller went away (hung up, or tonic's own deadline
+/// fired), unless its write is already on the wire.
+struct Cancel {
+    commit: Commit,
+    told: Told,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+/// What the caller was told when it was answered (or went away) before the
+/// call's own end: RPC metrics count what callers saw, the audit record what
+/// Feishu did.
+#[derive(Clone, Default)]
+struct Told(Arc<std::sync::OnceLock<Code>>);
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = self.told.0.set(Code::Cancelled);
+            if self.commit.caller_left() {
+                task.abort();
             }
         }
     }
 }
 
 /// The end of one call: its RPC metrics, its span status and its audit record.
-struct Record<'a> {
-    metrics: &'a Metrics,
+struct Record {
+    metrics: Arc<Metrics>,
     method: &'static str,
     started: Instant,
     caller: Arc<str>,
@@ -129,15 +210,18 @@ struct Record<'a> {
     related: String,
     text_chars: Option<usize>,
     span: tracing::Span,
+    told: Told,
     done: bool,
 }
 
-impl Record<'_> {
+impl Record {
     fn finish(&mut self, code: Code, reason: &str, log_id: Option<&str>) {
         self.done = true;
-        self.span.record("rpc.grpc.status_code", code as i32);
+        let told = self.told.0.get().copied();
+        let seen = told.unwrap_or(code);
+        self.span.record("rpc.grpc.status_code", seen as i32);
         self.metrics
-            .rpc_finished(self.method, code, self.started.elapsed());
+            .rpc_finished(self.method, seen, self.started.elapsed());
         self.span.in_scope(|| {
             tracing::info!(
                 target: telemetry::AUDIT_TARGET,
@@ -149,6 +233,9 @@ impl Record<'_> {
                 outcome = crate::codes::code_name(code),
                 reason,
                 feishu_log_id = log_id.unwrap_or(""),
+                // The caller went away (hung up, deadline) before this answer:
+                // the outcome is Feishu's, the caller did not hear it.
+                caller_left = told.is_some(),
                 elapsed_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
                 "audit"
             );
@@ -156,7 +243,7 @@ impl Record<'_> {
     }
 }
 
-impl Drop for Record<'_> {
+impl Drop for Record {
     fn drop(&mut self) {
         if !self.done {
             self.finish(Code::Cancelled, "CALLER_CANCELLED", None);

@@ -12,7 +12,7 @@ use tonic_types::{ErrorDetails, FieldViolation as PbFieldViolation, QuotaViolati
 use super::context::Locale;
 use crate::{
     catalog, codes,
-    error::{Error, FaultKind, FeishuError, Throttled, UpstreamFault},
+    error::{Error, FaultKind, FeishuError, Sent, Throttled, UpstreamFault},
     upstream::LOG_ID_HEADER,
 };
 
@@ -64,6 +64,21 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
                 (&message, "调用截止时间已到，请求未发送到飞书。"),
             );
             build(Code::DeadlineExceeded, message, d, None)
+        }
+        Error::Cancelled { endpoint } => {
+            let message = format!(
+                "the caller went away before the call to {endpoint} was sent; nothing was sent to Feishu"
+            );
+            let d = own(
+                "CALLER_CANCELLED",
+                [
+                    ("endpoint", endpoint.to_string()),
+                    ("mayHaveRun", "false".to_owned()),
+                ],
+                locale,
+                (&message, "调用方已取消，请求未发送到飞书。"),
+            );
+            build(Code::Cancelled, message, d, None)
         }
         Error::Unavailable { reason, message } => {
             let mut d = own(
@@ -180,60 +195,90 @@ fn feishu(f: &FeishuError, locale: Locale) -> Status {
     build(code, message, d, f.log_id.as_deref())
 }
 
+/// Appended to every status that says a write may have been applied: the
+/// one safe retry is one Feishu cannot apply twice.
+pub const MAY_HAVE_RUN_EN: &str = "It may have been applied: retry only with the same idempotency-key metadata (the gateway then returns the first outcome or reconciles it), or check the record first.";
+pub const MAY_HAVE_RUN_ZH: &str = "操作可能已生效：如需重试，请携带相同的 idempotency-key 元数据（网关会返回首次结果或核对状态），或先核对记录。";
+
 fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
-    let write_note =
-        "If the call changes state, it may have been applied: check before calling again.";
-    let (code, reason, en, zh) = match u.kind {
-        FaultKind::Connect => (
+    let (en_note, zh_note) = (MAY_HAVE_RUN_EN, MAY_HAVE_RUN_ZH);
+    let (code, reason, mut en, mut zh) = match (u.kind, u.sent) {
+        (FaultKind::Connect, _) => (
             Code::Unavailable,
             "UPSTREAM_UNREACHABLE",
             format!("cannot reach Feishu ({}); nothing was sent", u.detail),
             "无法连接飞书，请求未发送，可以重试。".to_owned(),
         ),
-        FaultKind::Timeout => (
+        (FaultKind::Refused, _) => (
+            Code::Unavailable,
+            "UPSTREAM_REFUSED",
+            format!(
+                "Feishu refused the request before processing it ({}); nothing was applied, a retry is safe",
+                u.detail
+            ),
+            "飞书在处理前拒绝了请求，操作未执行，可以安全重试。".to_owned(),
+        ),
+        (FaultKind::CallerDeadline, Sent::No) => (
+            Code::DeadlineExceeded,
+            "DEADLINE_EXCEEDED",
+            format!("{}; nothing was sent to Feishu", u.detail),
+            "调用截止时间已到，请求未发送到飞书。".to_owned(),
+        ),
+        (FaultKind::Timeout, _) => (
             Code::Unavailable,
             "UPSTREAM_TIMEOUT",
-            format!("Feishu did not answer in time ({}). {write_note}", u.detail),
-            "飞书未能及时响应。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+            format!("Feishu did not answer in time ({}). {en_note}", u.detail),
+            format!("飞书未能及时响应。{zh_note}"),
         ),
-        FaultKind::CallerDeadline => (
+        (FaultKind::CallerDeadline, Sent::Maybe) => (
             Code::DeadlineExceeded,
             "UPSTREAM_DEADLINE_EXCEEDED",
             format!(
-                "the call's deadline passed while waiting for Feishu ({}). {write_note}",
+                "the call's deadline passed while waiting for Feishu ({}). {en_note}",
                 u.detail
             ),
-            "等待飞书响应时调用已超时。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+            format!("等待飞书响应时调用已超时。{zh_note}"),
         ),
-        FaultKind::Dropped => (
+        (FaultKind::Dropped, _) => (
             Code::Unavailable,
             "UPSTREAM_CONNECTION_LOST",
             format!(
-                "the connection to Feishu broke before its answer ({}). {write_note}",
+                "the connection to Feishu broke before its answer ({}). {en_note}",
                 u.detail
             ),
-            "与飞书的连接在响应前中断。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+            format!("与飞书的连接在响应前中断。{zh_note}"),
         ),
-        FaultKind::Malformed if u.http_status.is_some_and(|s| s >= 500) => (
+        (FaultKind::Malformed, _) if u.http_status.is_some_and(|s| s >= 500) => (
             Code::Unavailable,
             "UPSTREAM_UNAVAILABLE",
-            format!("Feishu answered {}. {write_note}", u.detail),
-            "飞书返回了服务错误页面。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+            format!("Feishu answered {}. {en_note}", u.detail),
+            format!("飞书返回了服务错误页面。{zh_note}"),
         ),
-        FaultKind::Malformed => (
+        (FaultKind::Malformed, _) => (
             Code::Internal,
             "UPSTREAM_MALFORMED_RESPONSE",
             format!(
-                "Feishu answered {}, which is not its JSON format. {write_note}",
+                "Feishu answered {}, which is not its JSON format. {en_note}",
                 u.detail
             ),
-            "飞书返回了无法解析的响应。如为写操作，可能已生效，请核对后再重试。".to_owned(),
+            format!("飞书返回了无法解析的响应。{zh_note}"),
         ),
     };
     let mut metadata = vec![
         ("endpoint", u.endpoint.to_owned()),
-        ("mayHaveRun", (!u.nothing_sent()).to_string()),
+        ("mayHaveRun", u.may_have_run().to_string()),
     ];
+    if let Some(write) = u.blocked {
+        // The fault hit the token request the call needed first: the call
+        // itself never left, whatever the token request's own fate.
+        en = format!(
+            "could not get an access token from {} ({:?}: {}); nothing was sent to {write}, a retry is safe",
+            u.endpoint, u.kind, u.detail
+        );
+        zh = "获取飞书访问凭证失败，业务请求未发送，可以安全重试。".to_owned();
+        metadata.push(("blockedEndpoint", write.to_owned()));
+        metadata.push(("stage", "token".to_owned()));
+    }
     if let Some(s) = u.http_status {
         metadata.push(("httpStatus", s.to_string()));
     }
@@ -252,7 +297,7 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
         (
             "QUOTA_QUEUE_FULL",
             format!(
-                "too many calls are already waiting for the {} quota of {}; retry in {:?}",
+                "too many calls are already waiting for the {} quota of {}; nothing was sent; retry in {:?}",
                 t.window, t.endpoint, t.retry_after
             ),
         )
@@ -260,13 +305,13 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
         (
             "QUOTA_EXHAUSTED",
             format!(
-                "the {} quota of {} has no slot before the call's deadline; retry in {:?}",
+                "the {} quota of {} has no slot from which Feishu's answer can come back before the call's deadline; nothing was sent; retry in {:?}",
                 t.window, t.endpoint, t.retry_after
             ),
         )
     };
     let zh = format!(
-        "接口 {} 的频率配额（{}）在调用截止前没有空位，请在 {:?} 后重试。",
+        "接口 {} 的频率配额（{}）在调用截止前没有空位，请求未发送，请在 {:?} 后重试。",
         t.endpoint, t.window, t.retry_after
     );
     let mut d = own(
@@ -274,6 +319,7 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
         [
             ("endpoint", t.endpoint.to_owned()),
             ("limit", t.window.to_string()),
+            ("mayHaveRun", "false".to_owned()),
         ],
         locale,
         (&en, &zh),

@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::{
     catalog::{Endpoint, Window},
     error::Throttled,
+    latency::Estimator,
 };
 use redis::RedisQuota;
 use sliding_log::{Refusal, SlidingLog};
@@ -100,6 +101,8 @@ struct Inner {
     max_queue: usize,
     stats: QuotaStats,
     shared: Option<Shared>,
+    /// How long a Redis reservation takes to come back.
+    redis_rtt: Mutex<Estimator>,
 }
 
 /// The Redis side: the connection (once made) and the fallback state.
@@ -176,6 +179,11 @@ impl Limiter {
                 max_queue,
                 stats: QuotaStats::default(),
                 shared,
+                // A loopback or in-cluster Redis answers in about a millisecond.
+                redis_rtt: Mutex::new(Estimator::new(
+                    Duration::from_millis(5),
+                    Duration::from_millis(1),
+                )),
             }),
         }
     }
@@ -193,15 +201,21 @@ impl Limiter {
         &self.inner.stats
     }
 
-    /// Waits for a slot that comes before `deadline` (or the configured
-    /// maximum wait), or refuses at once.
+    /// Waits for a slot from which an exchange taking `need` still answers
+    /// before `deadline` (or, without one, a slot within the configured
+    /// maximum wait), or refuses at once: a slot whose answer would come too
+    /// late is a write applied while its caller hears it failed.
     pub async fn acquire(
         &self,
         key: &QuotaKey,
         endpoint: &'static Endpoint,
         deadline: Option<Instant>,
+        need: Duration,
     ) -> Result<(), Throttled> {
-        let latest = deadline.unwrap_or(Instant::now() + self.inner.max_wait);
+        let latest = match deadline {
+            Some(d) => d.checked_sub(need).unwrap_or_else(Instant::now),
+            None => Instant::now() + self.inner.max_wait,
+        };
         let (t, slot) = self.reserve(key, endpoint, latest).await?;
         let mut held = Held {
             limiter: self,
@@ -226,14 +240,17 @@ impl Limiter {
                 ))
                 .await;
         }
-        // Woken too late for the slot (a busy machine): sending now could crowd
-        // the window of a later reservation, so give it back and take a new one
-        // (at the end of the queue).
+        // Checked again on every wake-up. Woken too late for the slot (a busy
+        // machine): sending now could crowd the window of a later
+        // reservation. Woken too close to the deadline for the answer to come
+        // back: sending now could apply a write whose caller is told it
+        // failed. Either way the slot goes back and the call reserves again
+        // at the end of the queue, which refuses it when nothing fits.
         for _ in 0..3 {
-            let Some(slot) = held
-                .slot
-                .take_if(|s| Instant::now() > held.t + s.tolerance())
-            else {
+            let Some(slot) = held.slot.take_if(|s| {
+                let now = Instant::now();
+                now > held.t + s.tolerance() || deadline.is_some_and(|d| now + need > d)
+            }) else {
                 break;
             };
             self.inner
@@ -244,6 +261,27 @@ impl Limiter {
             let (t, slot) = self.reserve(key, endpoint, latest).await?;
             (held.t, held.slot) = (t, Some(slot));
             tokio::time::sleep_until(t).await;
+        }
+        if let Some(slot) = held
+            .slot
+            .take_if(|_| deadline.is_some_and(|d| Instant::now() + need > d))
+        {
+            // Still too close after three tries: refuse rather than send.
+            self.give_back(key, held.t, slot).await;
+            return Err(self.refused(
+                endpoint,
+                Refusal {
+                    window: self
+                        .inner
+                        .table
+                        .windows(endpoint)
+                        .first()
+                        .copied()
+                        .unwrap_or(Window::per_second(1)),
+                    retry_after: need,
+                    queue_full: false,
+                },
+            ));
         }
         // Used: the caller sends now.
         held.slot = None;
@@ -261,16 +299,20 @@ impl Limiter {
         if let Some(redis) = self.redis() {
             let windows = self.inner.table.windows(endpoint);
             let now = Instant::now();
+            // The reservation's wait is measured on Redis; its answer takes
+            // a round trip to come back, which the slot must leave room for.
+            let rtt = lock(&self.inner.redis_rtt).estimate();
             let result = redis
                 .reserve(
                     key,
                     &windows,
-                    latest.saturating_duration_since(now),
+                    latest.saturating_duration_since(now + rtt),
                     self.inner.max_queue,
                 )
                 .await;
             match result {
                 Ok(reserved) => {
+                    lock(&self.inner.redis_rtt).observe(now.elapsed());
                     self.redis_ok();
                     let reservation = reserved.map_err(|r| self.refused(endpoint, r))?;
                     let t = Instant::now() + reservation.wait;
@@ -495,10 +537,17 @@ mod tests {
             endpoint: CANCEL_ONBOARD.name,
         };
         let start = Instant::now();
-        limiter.acquire(&key, &CANCEL_ONBOARD, None).await.unwrap();
+        limiter
+            .acquire(&key, &CANCEL_ONBOARD, None, Duration::ZERO)
+            .await
+            .unwrap();
         let gone = tokio::spawn({
             let (limiter, key) = (limiter.clone(), key.clone());
-            async move { limiter.acquire(&key, &CANCEL_ONBOARD, None).await }
+            async move {
+                limiter
+                    .acquire(&key, &CANCEL_ONBOARD, None, Duration::ZERO)
+                    .await
+            }
         });
         tokio::time::sleep(per / 10).await;
         assert_eq!(limiter.stats().waited.load(Ordering::Relaxed), 1);
@@ -507,7 +556,10 @@ mod tests {
         assert_eq!(limiter.stats().abandoned.load(Ordering::Relaxed), 1);
 
         // The next caller gets the slot the one that left would have used.
-        limiter.acquire(&key, &CANCEL_ONBOARD, None).await.unwrap();
+        limiter
+            .acquire(&key, &CANCEL_ONBOARD, None, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(start.elapsed(), per + sliding_log::margin(per));
     }
 }

@@ -16,7 +16,7 @@ use super::{lifetime::Schedule, store::AppToken, RequestKind, Token, TokenKey, T
 use crate::{
     catalog,
     config::AppCredentials,
-    error::{Error, FaultKind, UpstreamFault},
+    error::{Error, FaultKind, Sent, UpstreamFault},
     feishu::{self, Envelope},
     upstream::Outgoing,
 };
@@ -71,6 +71,7 @@ impl TokenManager {
                 bearer: None,
                 body: body.to_string().into(),
                 deadline: None,
+                finish_past_deadline: false,
             })
             .await?;
         feishu::interpret_envelope(endpoint.name, String::new, answer)
@@ -132,11 +133,13 @@ pub(super) fn lease(
 
 fn malformed(endpoint: &'static str, detail: &str) -> Error {
     UpstreamFault {
-        endpoint,
-        kind: FaultKind::Malformed,
         http_status: Some(200),
-        log_id: None,
-        detail: detail.to_owned(),
+        ..UpstreamFault::new(
+            endpoint,
+            FaultKind::Malformed,
+            Sent::Maybe,
+            detail.to_owned(),
+        )
     }
     .into()
 }

@@ -20,6 +20,9 @@ fn audit_line(caller: &TraceParent) -> (String, serde_json::Map<String, Value>) 
 
 /// What a call's audit record must hold.
 struct Expected<'a> {
+    /// The caller went away (hung up, or was answered at its deadline)
+    /// before Feishu's answer, which the record holds all the same.
+    caller_left: bool,
     method: &'a str,
     subject: String,
     related: &'a str,
@@ -35,6 +38,7 @@ fn check(caller: &TraceParent, expected: &Expected<'_>, secret_text: &[&str]) ->
     keys.sort_unstable();
     let mut wanted = vec![
         "caller",
+        "caller_left",
         "elapsed_ms",
         "feishu_log_id",
         "message",
@@ -53,6 +57,7 @@ fn check(caller: &TraceParent, expected: &Expected<'_>, secret_text: &[&str]) ->
     let who = fields["caller"].as_str().expect("caller");
     assert_anonymous_loopback_caller(who);
     assert_eq!(fields["method"], expected.method, "{text}");
+    assert_eq!(fields["caller_left"], expected.caller_left, "{text}");
     assert_eq!(fields["subject"], expected.subject.as_str(), "{text}");
     assert_eq!(fields["related"], expected.related, "{text}");
     if let Some(n) = expected.text_chars {
@@ -87,6 +92,7 @@ async fn every_rpc_leaves_one_audit_record_field_by_field() {
     callers.push(check(
         &t,
         &Expected {
+            caller_left: false,
             method: methods::WITHDRAW_ONBOARDING,
             subject: format!("pre_hires/{}", demo::PRE_HIRE_READY),
             related: "",
@@ -107,6 +113,7 @@ async fn every_rpc_leaves_one_audit_record_field_by_field() {
     callers.push(check(
         &t,
         &Expected {
+            caller_left: false,
             method: methods::RESTORE_FLOW_INSTANCE,
             subject: format!("pre_hires/{}", demo::PRE_HIRE_HEADCOUNT_FULL),
             related: "confirm_workforce:true",
@@ -128,6 +135,7 @@ async fn every_rpc_leaves_one_audit_record_field_by_field() {
     callers.push(check(
         &t,
         &Expected {
+            caller_left: false,
             method: methods::REVOKE,
             subject: format!("offboardings/{}", demo::OFFBOARDING),
             related: &format!("operator:{operator}"),
@@ -150,6 +158,7 @@ async fn every_rpc_leaves_one_audit_record_field_by_field() {
     callers.push(check(
         &t,
         &Expected {
+            caller_left: false,
             method: methods::CANCEL_ONBOARD,
             subject: format!("applications/{}", demo::APPLICATION),
             related: &format!(
@@ -176,6 +185,7 @@ async fn every_rpc_leaves_one_audit_record_field_by_field() {
     callers.push(check(
         &t,
         &Expected {
+            caller_left: false,
             method: methods::WITHDRAW_ONBOARDING,
             subject: format!("pre_hires/{}", demo::PRE_HIRE_ONBOARDED),
             related: "",
@@ -201,6 +211,7 @@ async fn every_rpc_leaves_one_audit_record_field_by_field() {
     callers.push(check(
         &t,
         &Expected {
+            caller_left: false,
             method: methods::WITHDRAW_ONBOARDING,
             subject: "pre_hires/bad id".into(),
             related: "",
@@ -255,8 +266,10 @@ async fn untimed_client(
     feishu_gateway::pb::feishu::corehr::v2::pre_hire_service_client::PreHireServiceClient::with_origin(service, origin)
 }
 
-/// A call whose deadline (`grpc-timeout`) passes while Feishu works is
-/// answered by the gateway itself, audited and counted as DEADLINE_EXCEEDED.
+/// A call whose deadline (`grpc-timeout`) passes while Feishu works on its
+/// write is answered by the gateway itself (DEADLINE_EXCEEDED, may have run)
+/// and counted so; the write runs on to Feishu's answer, and the audit record
+/// holds that real outcome and its log id, with `caller_left`.
 #[tokio::test]
 async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
     observe();
@@ -279,16 +292,32 @@ async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
         .expect_err("Feishu is slower than the deadline");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(error_reason(&status), "UPSTREAM_DEADLINE_EXCEEDED");
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .expect("ErrorInfo");
+    assert_eq!(info.metadata["mayHaveRun"], "true", "{status:?}");
+    // Feishu answers 1.5 s after the write arrived: the record comes then.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !caller.lines().iter().any(|l| l["target"] == "audit") {
+        assert!(tokio::time::Instant::now() < give_up, "no audit record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, fields) = audit_line(&caller);
+    let log_id = fields["feishu_log_id"].as_str().unwrap_or("").to_owned();
+    assert!(!log_id.is_empty(), "{fields:?}");
     check(
         &caller,
         &Expected {
+            caller_left: true,
             method: methods::WITHDRAW_ONBOARDING,
             subject: format!("pre_hires/{}", demo::PRE_HIRE_READY),
             related: "",
             text_chars: Some(7),
-            outcome: "DEADLINE_EXCEEDED",
-            reason: "UPSTREAM_DEADLINE_EXCEEDED",
-            feishu_log_id: "",
+            outcome: "OK",
+            reason: "",
+            feishu_log_id: &log_id,
         },
         &[REASON],
     );
@@ -309,10 +338,7 @@ async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
         sample(
             &metrics,
             "feishu_gateway_upstream_duration_seconds_count",
-            &[
-                ("endpoint", WITHDRAW_ENDPOINT),
-                ("feishu_code", "caller_deadline")
-            ]
+            &[("endpoint", WITHDRAW_ENDPOINT), ("feishu_code", "0")]
         ),
         1.0,
         "{metrics}"
@@ -320,12 +346,9 @@ async fn a_call_past_its_deadline_is_audited_as_deadline_exceeded() {
 }
 
 /// A caller that gives up (its call dropped: RST_STREAM) after the write went
-/// to Feishu still leaves its audit record and its RPC count: the write may
-/// have run. Today none of it happens: tonic drops the handler's future when
-/// the stream is reset, so `Services::handle` never reaches its metrics and
-/// audit code (only the in-flight guard runs) and the `rpc` span ends without
-/// a status. A client whose own timer beats the gateway's 50 ms reply margin
-/// (`grpc-timeout`, a cold connection) lands in the same hole.
+/// to Feishu: the write runs on to Feishu's answer in a task of its own; the
+/// call is counted as CANCELLED (what the caller saw) and audited with
+/// Feishu's real outcome and log id, and `caller_left`.
 #[tokio::test]
 async fn a_call_the_caller_abandons_after_sending_is_still_audited_and_counted() {
     observe();
@@ -388,4 +411,12 @@ async fn a_call_the_caller_abandons_after_sending_is_still_audited_and_counted()
          rpc span status {:?}",
         attr(rpc, "rpc.grpc.status_code")
     );
+    let (text, fields) = audit_line(&caller);
+    assert_eq!(fields["outcome"], "OK", "Feishu's real outcome: {text}");
+    assert_eq!(fields["caller_left"], true, "{text}");
+    assert!(
+        !fields["feishu_log_id"].as_str().unwrap_or("").is_empty(),
+        "{text}"
+    );
+    assert_eq!(stage, Some(PreHireStage::Withdrawn), "{text}");
 }

@@ -2,21 +2,32 @@
 //! gateway's upstream timeout and by the caller's deadline, whichever is first.
 //!
 //! It knows nothing of Feishu's codes: it returns the raw answer, or a fault
-//! that says whether anything may have reached Feishu.
+//! that says whether anything may have reached Feishu. It also keeps, per
+//! endpoint, the latency estimate that the limiter plans slots with.
 
-use std::time::Duration;
+mod classify;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
+use crate::latency::{self, Estimator};
 use crate::{
-    error::{FaultKind, UpstreamFault},
+    error::{FaultKind, Sent, UpstreamFault},
     feishu::RawAnswer,
 };
 
 /// Feishu's request id header, returned to callers in response metadata.
 pub const LOG_ID_HEADER: &str = "x-tt-logid";
+
+/// The estimator key of every exchange, whatever its endpoint.
+const ANY: &str = "";
 
 /// A request ready to send: path already encoded, body already serialized.
 pub struct Outgoing<'a> {
@@ -24,8 +35,12 @@ pub struct Outgoing<'a> {
     pub path_and_query: &'a str,
     pub bearer: Option<&'a HeaderValue>,
     pub body: Bytes,
-    /// The caller's deadline, if any.
+    /// The caller's deadline, if any. Past it, nothing is sent.
     pub deadline: Option<Instant>,
+    /// Once on the wire, the exchange runs to its answer (up to the upstream
+    /// timeout) even past the caller's deadline: a write's real outcome is
+    /// worth more than an early "deadline exceeded" that may be untrue.
+    pub finish_past_deadline: bool,
 }
 
 /// The shared client.
@@ -35,8 +50,8 @@ pub struct Upstream {
     /// Feishu's origin, parsed once: each call only sets its path and query.
     base_url: reqwest::Url,
     timeout: Duration,
-    /// Moving average of answered exchanges, in µs (see [`Upstream::typical_latency`]).
-    latency_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Per endpoint: how long an exchange takes (see [`Upstream::estimate`]).
+    latency: Arc<Mutex<HashMap<&'static str, Estimator>>>,
 }
 
 /// How the client reaches Feishu, from `[feishu]` settings.
@@ -74,6 +89,11 @@ impl Upstream {
             }
         }
         let client = builder
+            // The gateway owns every resend (gateway::call): it alone knows
+            // whether the call is a write, what its deadline and quota allow,
+            // and it counts each send against the limiter. reqwest's own
+            // policy would resend refused streams up to twice more, unseen.
+            .retry(reqwest::retry::never())
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(opts.connect_timeout)
@@ -86,54 +106,51 @@ impl Upstream {
             client,
             base_url: base,
             timeout: opts.timeout,
-            latency_micros: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            latency: Arc::default(),
         })
     }
 
-    /// How long an exchange with Feishu usually takes (an moving average with
-    /// weight 1/8). The limiter keeps this much before a caller's deadline: a
-    /// slot so late that the answer cannot arrive in time would be wasted.
-    pub fn typical_latency(&self) -> Duration {
-        Duration::from_micros(
-            self.latency_micros
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+    /// The time an exchange with `endpoint` needs, as a bound (mean plus
+    /// four deviations, at least 20 ms, 500 ms before the first answer). The
+    /// gateway asks the limiter only for slots that leave this much before
+    /// the caller's deadline, and sends no write with less time left.
+    ///
+    /// An endpoint not yet answered borrows the estimate of all exchanges so
+    /// far (the token request comes first), which knows at least the network.
+    pub fn estimate(&self, endpoint: &str) -> Duration {
+        let map = lock(&self.latency);
+        map.get(endpoint)
+            .or_else(|| map.get(ANY))
+            .map_or(latency::COLD, Estimator::estimate)
     }
 
-    fn record_latency(&self, took: Duration) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let old = self.latency_micros.load(Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.latency_micros.store(new, Relaxed);
+    fn observe(&self, endpoint: &'static str, took: Duration) {
+        let mut map = lock(&self.latency);
+        map.entry(endpoint).or_default().observe(took);
+        map.entry(ANY).or_default().observe(took);
+    }
+
+    /// The bound on one exchange when nothing tighter applies.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sends one POST. Never retries: the caller decides, knowing the fault.
     pub async fn post(&self, req: Outgoing<'_>) -> Result<RawAnswer, UpstreamFault> {
         let now = Instant::now();
-        let (budget, callers) = match req.deadline {
-            Some(d) if d.saturating_duration_since(now) < self.timeout => {
-                (d.saturating_duration_since(now), true)
-            }
-            _ => (self.timeout, false),
-        };
-        let fault = |kind: FaultKind, detail: String| UpstreamFault {
-            endpoint: req.endpoint,
-            kind,
-            http_status: None,
-            log_id: None,
-            detail,
-        };
-        if budget.is_zero() {
-            return Err(fault(
+        let left = req.deadline.map(|d| d.saturating_duration_since(now));
+        if left == Some(Duration::ZERO) {
+            return Err(UpstreamFault::new(
+                req.endpoint,
                 FaultKind::CallerDeadline,
-                "the deadline passed before sending".into(),
+                Sent::No,
+                "the deadline passed before sending; nothing was sent".into(),
             ));
         }
+        let (budget, callers) = match left {
+            Some(left) if left < self.timeout && !req.finish_past_deadline => (left, true),
+            _ => (self.timeout, false),
+        };
         // Only the path and query are parsed per call (the origin's host
         // parsing was a few per cent of the gateway's CPU).
         let mut url = self.base_url.clone();
@@ -174,18 +191,31 @@ impl Upstream {
                 body,
             })
         };
+        let fault = |kind, sent, detail| UpstreamFault::new(req.endpoint, kind, sent, detail);
         match tokio::time::timeout(budget, exchange).await {
-            Err(_) if callers => Err(fault(
-                FaultKind::CallerDeadline,
-                format!("no answer within the caller's deadline ({budget:?})"),
-            )),
-            Err(_) => Err(fault(
-                FaultKind::Timeout,
-                format!("no answer within {budget:?}"),
-            )),
-            Ok(Err(e)) => Err(classify(&e, fault)),
+            Err(_) => {
+                // At least this long: the estimate must not forget a timeout.
+                self.observe(req.endpoint, budget);
+                Err(if callers {
+                    fault(
+                        FaultKind::CallerDeadline,
+                        Sent::Maybe,
+                        format!("no answer within the caller's deadline ({budget:?})"),
+                    )
+                } else {
+                    fault(
+                        FaultKind::Timeout,
+                        Sent::Maybe,
+                        format!("no answer within {budget:?}"),
+                    )
+                })
+            }
+            Ok(Err(e)) => {
+                let (kind, sent, detail) = classify::classify(&e);
+                Err(fault(kind, sent, detail))
+            }
             Ok(Ok(answer)) => {
-                self.record_latency(now.elapsed());
+                self.observe(req.endpoint, now.elapsed());
                 Ok(answer)
             }
         }
@@ -196,26 +226,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Decides, where the error is born, whether Feishu may have seen the request.
-fn classify(
-    e: &reqwest::Error,
-    fault: impl Fn(FaultKind, String) -> UpstreamFault,
-) -> UpstreamFault {
-    // reqwest's Display may carry the URL; it never carries headers or bodies.
-    let detail = std::error::Error::source(e)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| e.to_string());
-    if e.is_connect() {
-        fault(
-            FaultKind::Connect,
-            format!("cannot connect to Feishu: {detail}"),
-        )
-    } else if e.is_timeout() {
-        fault(FaultKind::Timeout, format!("Feishu timed out: {detail}"))
-    } else {
-        fault(
-            FaultKind::Dropped,
-            format!("the connection closed before a full answer: {detail}"),
-        )
-    }
+/// A poisoned lock still holds a usable estimate (each update is one assignment).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
