@@ -37,6 +37,8 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), BoxError>>,
     admin: JoinHandle<()>,
+    /// Calls still running, including writes whose callers went away.
+    calls: tokio_util::task::TaskTracker,
     grace: Duration,
 }
 
@@ -142,7 +144,8 @@ pub async fn start(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopped) = oneshot::channel::<()>();
-    let services = Services::new(gateway.clone(), metrics);
+    let calls = tokio_util::task::TaskTracker::new();
+    let services = Services::new(gateway.clone(), metrics, calls.clone());
     let server_reporter = reporter.clone();
     let server = tokio::spawn(async move {
         grpc::server::serve(
@@ -167,6 +170,7 @@ pub async fn start(
         stop: Some(stop),
         server,
         admin,
+        calls,
         grace: Duration::from_millis(settings.gateway.shutdown_grace_ms),
     })
 }
@@ -236,7 +240,8 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let result = match tokio::time::timeout(self.grace, &mut self.server).await {
+        let until = tokio::time::Instant::now() + self.grace;
+        let result = match tokio::time::timeout_at(until, &mut self.server).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(join.into()),
             Err(_) => {
@@ -245,6 +250,18 @@ impl Running {
                 Ok(())
             }
         };
+        // Writes already on the wire run to Feishu's answer, and are
+        // audited with it, even when their callers have gone.
+        self.calls.close();
+        if tokio::time::timeout_at(until, self.calls.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.calls.len(),
+                "writes still waiting for Feishu at the end of the grace period"
+            );
+        }
         self.admin.abort();
         result
     }

@@ -5,7 +5,13 @@
 //!
 //! The rule is TCP's retransmission timer (RFC 6298): a smoothed mean plus
 //! four smoothed deviations, so that a jittery endpoint gets a wider bound
-//! than a steady one with the same mean. Free of I/O and clocks: the caller
+//! than a steady one with the same mean. As RFC 6298 keeps a clock
+//! granularity G under the deviation term, the spread is never taken below a
+//! quarter of the mean plus 10 ms: a perfectly steady upstream still meets a
+//! busy scheduler, and the estimate must also cover the wake-up before the
+//! send and the answer's way back to the caller (seen in
+//! `tests/deadlines.rs`: a bound of exactly the mean let a write answer a few
+//! ms after its caller was told it failed). Free of I/O and clocks: the caller
 //! feeds samples.
 
 use std::time::Duration;
@@ -19,6 +25,9 @@ pub const FLOOR: Duration = Duration::from_millis(20);
 /// late to answer in time; too high refuses every short deadline, and since
 /// only calls that are sent teach the estimate, it would never warm up.
 pub const COLD: Duration = Duration::from_millis(200);
+
+/// The least spread added to a mean beyond its quarter, in µs (RFC 6298's G).
+const GRANULARITY_MICROS: f64 = 10_000.0;
 
 /// One endpoint's running estimate.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +73,8 @@ impl Estimator {
         match self.state {
             None => self.cold,
             Some((srtt, var)) => {
-                let micros = (srtt + 4.0 * var).clamp(0.0, 3.6e9);
+                let spread = (4.0 * var).max(srtt / 4.0 + GRANULARITY_MICROS);
+                let micros = (srtt + spread).clamp(0.0, 3.6e9);
                 Duration::from_secs_f64(micros / 1e6).max(self.floor)
             }
         }
@@ -93,13 +103,14 @@ mod tests {
     }
 
     #[test]
-    fn a_steady_endpoint_converges_on_its_latency_and_never_below_the_floor() {
+    fn a_steady_endpoint_keeps_a_minimum_spread_and_never_goes_below_the_floor() {
         let mut e = Estimator::default();
         for _ in 0..200 {
             e.observe(ms(40));
         }
+        // 40 + 40/4 + 10.
         let est = e.estimate();
-        assert!(est >= ms(40) && est < ms(42), "{est:?}");
+        assert!(est >= ms(60) && est < ms(62), "{est:?}");
         let mut fast = Estimator::default();
         for _ in 0..200 {
             fast.observe(Duration::from_micros(300));

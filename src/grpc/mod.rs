@@ -32,11 +32,21 @@ pub struct CallerIdentity(pub Arc<str>);
 pub struct Services {
     gateway: Gateway,
     metrics: Arc<Metrics>,
+    /// Every call's task, so that draining waits for writes whose callers left.
+    calls: tokio_util::task::TaskTracker,
 }
 
 impl Services {
-    pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Self {
-        Self { gateway, metrics }
+    pub fn new(
+        gateway: Gateway,
+        metrics: Arc<Metrics>,
+        calls: tokio_util::task::TaskTracker,
+    ) -> Self {
+        Self {
+            gateway,
+            metrics,
+            calls,
+        }
     }
 
     async fn handle<O>(
@@ -91,7 +101,7 @@ impl Services {
         // wire outlives its caller: it runs to Feishu's answer and the audit
         // record holds the real outcome and log id. Before the write starts,
         // a caller that goes away cancels it (see `Cancel`).
-        let mut task = tokio::spawn(async move {
+        let mut task = self.calls.spawn(async move {
             let _in_flight = in_flight;
             let facts = message.audit();
             // Written however the call ends: a call cancelled before it sent
