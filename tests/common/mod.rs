@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod nginx;
 pub mod raw_h2;
 pub mod redis_server;
 
