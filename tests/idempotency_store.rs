@@ -309,6 +309,30 @@ async fn a_dead_or_hung_redis_fails_fast_and_is_used_again_once_back() {
 }
 
 #[tokio::test]
+async fn a_begin_whose_answer_was_lost_leaves_the_key_free() {
+    let server = Server::start();
+    let store = IdempotencyStore::redis(&server.url(), HOUR).unwrap();
+    lease(&store, "warm", LEASE).await.forget().await.unwrap();
+    // Paused, Redis holds the begin unread; resumed, it runs it after the answer was given up.
+    server.signal("-STOP");
+    let e = store
+        .begin(&scope("k"), fp("body"), LEASE)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Timeout(_)), "{e:?}");
+    tokio::time::sleep(ms(100)).await;
+    server.signal("-CONT");
+    let deadline = Instant::now() + ms(1000);
+    loop {
+        match begin(&store, "k", "body").await {
+            Begin::Run(_) => break,
+            other => assert!(Instant::now() < deadline, "still claimed: {other:?}"),
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn start_up_never_waits_for_redis_and_errors_hide_the_password() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -236,7 +236,16 @@ impl IdempotencyStore {
         let lease_for = lease_for.min(MAX_SPAN);
         let claim = match &self.backend {
             Backend::Memory(m) => m.begin(&key, fp, token, lease_for)?,
-            Backend::Redis(r) => r.begin(&key, fp, token, lease_for).await?,
+            Backend::Redis(r) => match r.begin(&key, fp, token, lease_for).await {
+                Ok(claim) => claim,
+                Err(e) => {
+                    // Redis may have run the script and only its answer been
+                    // lost; the claim would then hold the key for a call that
+                    // is never sent. Give it back (a no-op if none was taken).
+                    r.clone().settle_in_background(key, token, Settle::Forget);
+                    return Err(e);
+                }
+            },
         };
         let lease = || Lease {
             held: Some(Held {
@@ -322,7 +331,7 @@ impl Drop for Lease {
         };
         match held.backend {
             Backend::Memory(m) => m.settle(&held.key, held.token, Settle::Unknown),
-            Backend::Redis(r) => r.unknown_in_background(held.key, held.token),
+            Backend::Redis(r) => r.settle_in_background(held.key, held.token, Settle::Unknown),
         }
     }
 }

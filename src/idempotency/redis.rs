@@ -148,17 +148,27 @@ impl RedisStore {
         Ok(())
     }
 
-    /// A lease dropped unsettled: record "unknown" off the dropper's path.
-    /// Without a runtime (or if Redis fails) the marker lapses by itself,
-    /// which the next use reads as "unknown" too.
-    pub(super) fn unknown_in_background(self: Arc<Self>, key: [u8; 32], token: Token) {
+    /// Settles off the caller's path: for a lease dropped unsettled
+    /// ("unknown"), and for a `begin` whose answer was lost ("forget": the
+    /// script may have claimed the key for a call that is then never sent).
+    /// Without a runtime, or if Redis fails, the marker lapses by itself,
+    /// which the next use reads as "unknown": safe, if less precise.
+    pub(super) fn settle_in_background(self: Arc<Self>, key: [u8; 32], token: Token, how: Settle) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("idempotency lease dropped outside a runtime; its marker will lapse");
+            tracing::warn!(
+                "idempotency lease not settled outside a runtime; its marker will lapse"
+            );
             return;
         };
+        // A give-back after a failed begin fails too while Redis is down: not worth a warning each.
+        let dropped = matches!(how, Settle::Unknown);
         rt.spawn(async move {
-            if let Err(e) = self.settle(&key, token, Settle::Unknown).await {
-                tracing::warn!(error = %e, "idempotency lease dropped and not recorded; its marker will lapse");
+            match self.settle(&key, token, how).await {
+                Err(e) if dropped => {
+                    tracing::warn!(error = %e, "idempotency lease dropped and not recorded; its marker will lapse");
+                }
+                Err(e) => tracing::debug!(error = %e, "idempotency claim not given back"),
+                Ok(()) => {}
             }
         });
     }
