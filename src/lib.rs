@@ -12,6 +12,7 @@ pub mod error;
 pub mod feishu;
 pub mod gateway;
 pub mod grpc;
+pub mod idempotency;
 pub mod latency;
 pub mod metrics;
 pub mod pb;
