@@ -19,6 +19,7 @@ use crate::{
     config::{AppCredentials, Settings, DEFAULT_APP},
     gateway::Gateway,
     grpc::{self, server::Serving, Services},
+    idempotency::IdempotencyStore,
     metrics::Metrics,
     quota::{LimitTable, Limiter},
     token::TokenManager,
@@ -145,7 +146,22 @@ pub async fn start(
     let (reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopped) = oneshot::channel::<()>();
     let calls = tokio_util::task::TaskTracker::new();
-    let services = Services::new(gateway.clone(), metrics, calls.clone());
+    let idempotency_ttl = Duration::from_secs(settings.gateway.idempotency_ttl_secs);
+    let idempotency = match &settings.gateway.redis_url {
+        Some(url) => IdempotencyStore::redis(url.expose_secret(), idempotency_ttl)
+            .map_err(|e| format!("GATEWAY_REDIS_URL (gateway.redis_url): {e}"))?,
+        None => IdempotencyStore::memory(idempotency_ttl),
+    };
+    // A key's in-flight marker must outlast the longest call: every attempt
+    // at the upstream timeout, plus the token and quota waits.
+    let lease_for = settings.request_timeout() * 3 + max_wait * 2 + Duration::from_secs(5);
+    let services = Services::new(
+        gateway.clone(),
+        metrics,
+        calls.clone(),
+        idempotency,
+        lease_for,
+    );
     let server_reporter = reporter.clone();
     let server = tokio::spawn(async move {
         grpc::server::serve(

@@ -55,6 +55,10 @@ pub struct Endpoint {
     pub limits: &'static [Window],
     /// Whether the call changes state in Feishu (never repeated unless Feishu surely ran nothing).
     pub write: bool,
+    /// Feishu codes that say the write's target state already holds (e.g.
+    /// "already revoked"). A retry under an idempotency key whose first
+    /// attempt may have applied reconciles such an answer to OK.
+    pub already_applied: &'static [i64],
 }
 
 pub const WITHDRAW_ONBOARDING: Endpoint = Endpoint {
@@ -64,6 +68,7 @@ pub const WITHDRAW_ONBOARDING: Endpoint = Endpoint {
     scope: "corehr:pre_hire:withdraw_onboarding",
     limits: &[Window::per_minute(100)],
     write: true,
+    already_applied: &[],
 };
 
 pub const RESTORE_FLOW_INSTANCE: Endpoint = Endpoint {
@@ -73,6 +78,7 @@ pub const RESTORE_FLOW_INSTANCE: Endpoint = Endpoint {
     scope: "corehr:pre_hire:restore_flow_instance",
     limits: &[Window::per_minute(100)],
     write: true,
+    already_applied: &[],
 };
 
 pub const REVOKE_OFFBOARDING: Endpoint = Endpoint {
@@ -82,6 +88,7 @@ pub const REVOKE_OFFBOARDING: Endpoint = Endpoint {
     scope: "corehr:offboarding.revoke:write",
     limits: &[],
     write: true,
+    already_applied: &[1160202],
 };
 
 pub const CANCEL_ONBOARD: Endpoint = Endpoint {
@@ -91,6 +98,7 @@ pub const CANCEL_ONBOARD: Endpoint = Endpoint {
     scope: "hire:application",
     limits: &[Window::per_second(10)],
     write: true,
+    already_applied: &[1002221],
 };
 
 /// The self-built app's token endpoint (not rate limited by the gateway: one call per token window).
@@ -101,6 +109,7 @@ pub const TENANT_ACCESS_TOKEN_INTERNAL: Endpoint = Endpoint {
     scope: "",
     limits: &[],
     write: false,
+    already_applied: &[],
 };
 
 /// Every business endpoint the gateway forwards to.

@@ -114,6 +114,10 @@ pub struct GatewaySettings {
     pub shutdown_grace_ms: u64,
     /// Redis shared by all replicas for the quota (`GATEWAY_REDIS_URL`); in-process when unset.
     pub redis_url: Option<SecretString>,
+    /// How long the first outcome of an `idempotency-key` is kept, in
+    /// seconds (`GATEWAY_IDEMPOTENCY_TTL_SECS`): in Redis when `redis_url` is
+    /// set, so every replica sees it, else in process.
+    pub idempotency_ttl_secs: u64,
     /// Replicas sharing the quota: each takes 1/replicas of a limit while Redis is unreachable.
     pub replicas: u32,
     /// Limits that replace the documented ones, by endpoint name (TOML only), e.g.
@@ -181,6 +185,7 @@ impl Default for GatewaySettings {
             default_limit_per_minute: 1_000,
             shutdown_grace_ms: 20_000,
             redis_url: None,
+            idempotency_ttl_secs: 86_400,
             replicas: 1,
             limits: std::collections::HashMap::new(),
             callers: Vec::new(),
@@ -218,6 +223,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("GATEWAY_SHUTDOWN_GRACE_MS", "gateway.shutdown_grace_ms"),
     ("GATEWAY_REDIS_URL", "gateway.redis_url"),
+    (
+        "GATEWAY_IDEMPOTENCY_TTL_SECS",
+        "gateway.idempotency_ttl_secs",
+    ),
     ("GATEWAY_REPLICAS", "gateway.replicas"),
     ("GATEWAY_TLS_CERT_FILE", "gateway.tls.cert_file"),
     ("GATEWAY_TLS_KEY_FILE", "gateway.tls.key_file"),
@@ -354,6 +363,11 @@ impl Settings {
             return Err(ConfigError(
                 "GATEWAY_DEFAULT_LIMIT_PER_MINUTE and GATEWAY_REPLICAS must be greater than zero"
                     .into(),
+            ));
+        }
+        if self.gateway.idempotency_ttl_secs == 0 {
+            return Err(ConfigError(
+                "GATEWAY_IDEMPOTENCY_TTL_SECS must be greater than zero".into(),
             ));
         }
         if self.feishu.request_timeout_ms == 0 || self.gateway.max_request_bytes == 0 {

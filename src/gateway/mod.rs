@@ -64,7 +64,14 @@ pub struct AuditFacts {
 /// Who the call acts as, and until when the caller waits.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
+    /// Until when the gateway may plan: the caller's deadline less the time
+    /// its own answer needs to reach the caller. Nothing is sent that cannot
+    /// be answered by then.
     pub deadline: Option<Instant>,
+    /// The latest a write already sent may still be answered, a little
+    /// after `deadline`: the edge waits this long for Feishu's real outcome
+    /// before it answers DEADLINE_EXCEEDED.
+    pub answer_by: Option<Instant>,
     /// Configured app name (`x-feishu-app`); the default app when absent.
     pub app: Option<String>,
     /// Tenant of a store app (`x-feishu-tenant-key`).
@@ -83,6 +90,8 @@ pub struct Commit(Arc<std::sync::Mutex<Phase>>);
 #[derive(Debug, Default)]
 struct Phase {
     sending: bool,
+    /// A send has begun at least once (its bytes may have left).
+    ever_sent: bool,
     caller_left: bool,
 }
 
@@ -92,7 +101,13 @@ impl Commit {
     pub fn begin_send(&self) -> bool {
         let mut p = self.lock();
         p.sending = !p.caller_left;
+        p.ever_sent |= p.sending;
         p.sending
+    }
+
+    /// Whether a send ever began: if not, nothing can have reached Feishu.
+    pub fn ever_sent(&self) -> bool {
+        self.lock().ever_sent
     }
 
     /// The send failed having certainly sent nothing: cancellable again.

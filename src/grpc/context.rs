@@ -61,11 +61,14 @@ impl Locale {
 /// Everything the gateway needs from the caller's metadata.
 pub fn read(metadata: &MetadataMap) -> (CallContext, Locale) {
     let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-    let deadline = text("grpc-timeout")
-        .and_then(parse_grpc_timeout)
-        .map(|d| Instant::now() + d - reply_margin(d));
+    let now = Instant::now();
+    let timeout = text("grpc-timeout").and_then(parse_grpc_timeout);
+    let deadline = timeout.map(|d| now + d - reply_margin(d));
     let ctx = CallContext {
         deadline,
+        // A write already on the wire may use most of the margin: its real
+        // answer is worth more to the caller than an early precise status.
+        answer_by: timeout.map(|d| now + d - reply_margin(d) / 5),
         app: text(APP_HEADER).map(str::to_owned),
         tenant: text(TENANT_HEADER).map(str::to_owned),
         commit: Default::default(),

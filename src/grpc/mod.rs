@@ -4,10 +4,16 @@
 //! and — every call here changes state in Feishu — one audit record.
 
 pub mod context;
+pub mod idempotent;
 pub mod server;
 pub mod status;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use prost::Message as _;
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
@@ -15,8 +21,10 @@ use tracing::{field::Empty, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
+    config::DEFAULT_APP,
     error::{Error, FaultKind, Sent, UpstreamFault},
-    gateway::{Commit, Gateway, Operation},
+    gateway::{Answer, Commit, Gateway, Operation},
+    idempotency::{IdempotencyStore, Lease, Outcome, Scope},
     metrics::Metrics,
     pb::feishu::{corehr::v2 as corehr, hire::v1 as hire},
     telemetry,
@@ -34,6 +42,11 @@ pub struct Services {
     metrics: Arc<Metrics>,
     /// Every call's task, so that draining waits for writes whose callers left.
     calls: tokio_util::task::TaskTracker,
+    /// First outcomes of `idempotency-key`s.
+    idempotency: IdempotencyStore,
+    /// How long a key's in-flight marker protects a running call: the
+    /// longest a write can take (upstream timeout, a few attempts) with room.
+    lease_for: Duration,
 }
 
 impl Services {
@@ -41,11 +54,15 @@ impl Services {
         gateway: Gateway,
         metrics: Arc<Metrics>,
         calls: tokio_util::task::TaskTracker,
+        idempotency: IdempotencyStore,
+        lease_for: Duration,
     ) -> Self {
         Self {
             gateway,
             metrics,
             calls,
+            idempotency,
+            lease_for,
         }
     }
 
@@ -55,13 +72,20 @@ impl Services {
         request: Request<O>,
     ) -> Result<Response<O::Output>, Status>
     where
-        O: Operation + Send + 'static,
-        O::Output: 'static,
+        O: Operation + prost::Message + Send + 'static,
+        O::Output: prost::Message + 'static,
     {
         let started = Instant::now();
         let in_flight = self.metrics.rpc_started();
-        let caller: Arc<str> = match request.extensions().get::<CallerIdentity>() {
-            Some(CallerIdentity(name)) => name.clone(),
+        // Idempotency keys are scoped to the configured caller; without
+        // callers configured every caller is one "anonymous" (not its peer
+        // address), so a retry on a new connection keeps its key.
+        let configured = request
+            .extensions()
+            .get::<CallerIdentity>()
+            .map(|CallerIdentity(name)| name.clone());
+        let caller: Arc<str> = match &configured {
+            Some(name) => name.clone(),
             None => Arc::from(
                 request
                     .remote_addr()
@@ -90,54 +114,143 @@ impl Services {
         }
 
         let (ctx, locale) = context::read(request.metadata());
-        let deadline = ctx.deadline;
+        let key = idempotent::key(request.metadata(), locale);
+        let deadline = ctx.answer_by;
         let commit = ctx.commit.clone();
         let message = request.into_inner();
+        let facts = message.audit();
+        let mut record = Record {
+            metrics: self.metrics.clone(),
+            method,
+            started,
+            caller,
+            subject: message.subject(),
+            related: facts.related.join(","),
+            text_chars: facts.text_chars,
+            span: span.clone(),
+            told: Told::default(),
+            idempotency_key: key
+                .as_ref()
+                .ok()
+                .and_then(Option::clone)
+                .unwrap_or_default(),
+            idempotent: "",
+            done: false,
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(status) => {
+                record.finish_status(&status);
+                return Err(status);
+            }
+        };
+        let mut lease = None;
+        if let Some(key) = &key {
+            let scope = Scope {
+                caller: configured.as_deref().unwrap_or("anonymous"),
+                method,
+                app: ctx
+                    .app
+                    .as_deref()
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or(DEFAULT_APP),
+                tenant: ctx.tenant.as_deref(),
+                key,
+            };
+            let claim = idempotent::claim(
+                &self.idempotency,
+                &scope,
+                &message.encode_to_vec(),
+                self.lease_for,
+                locale,
+            )
+            .instrument(span.clone())
+            .await;
+            match claim {
+                idempotent::Claim::Run {
+                    lease: l,
+                    after_unknown,
+                } => {
+                    lease = Some((
+                        HeldLease {
+                            lease: Some(l),
+                            commit: commit.clone(),
+                        },
+                        after_unknown,
+                    ))
+                }
+                idempotent::Claim::Refuse(status) => {
+                    record.finish_status(&status);
+                    return Err(status);
+                }
+                idempotent::Claim::Replay(outcome) => {
+                    record.idempotent = "replayed";
+                    return record.replay::<O::Output>(outcome);
+                }
+            }
+        }
         let gateway = self.gateway.clone();
-        let metrics = self.metrics.clone();
-        let told = Told::default();
-        let told_by_task = told.clone();
+        let told = record.told.clone();
         // The call runs in a task of its own, so that a write already on the
         // wire outlives its caller: it runs to Feishu's answer and the audit
         // record holds the real outcome and log id. Before the write starts,
         // a caller that goes away cancels it (see `Cancel`).
         let mut task = self.calls.spawn(async move {
             let _in_flight = in_flight;
-            let facts = message.audit();
-            // Written however the call ends: a call cancelled before it sent
-            // anything drops this, and it records CANCELLED.
-            let mut record = Record {
-                metrics,
-                method,
-                started,
-                caller,
-                subject: message.subject(),
-                related: facts.related.join(","),
-                text_chars: facts.text_chars,
-                span: span.clone(),
-                told: told_by_task,
-                done: false,
-            };
-            let result = gateway.call(&ctx, &message).instrument(span).await;
+            let mut result = gateway.call(&ctx, &message).instrument(span).await;
+            let mut reconciled = false;
+            if let (Some((_, true)), Err(e)) = (&lease, &result) {
+                if idempotent::reconciles(O::ENDPOINT, e) {
+                    // Feishu says the target state already holds: the
+                    // earlier, unanswered attempt applied.
+                    let log_id = match e {
+                        Error::Feishu(f) => f.log_id.clone(),
+                        _ => None,
+                    };
+                    result = Ok(Answer {
+                        value: O::Output::default(),
+                        log_id,
+                    });
+                    reconciled = true;
+                    record.idempotent = "reconciled";
+                }
+            }
             match result {
                 Ok(answer) => {
+                    if let Some((mut held, _)) = lease {
+                        let lease = held.take();
+                        let outcome = Outcome::Ok {
+                            response: answer.value.encode_to_vec().into(),
+                            log_id: answer.log_id.clone(),
+                        };
+                        if let Some(lease) = lease {
+                            idempotent::finish(lease, idempotent::Settle::Record(outcome)).await;
+                        }
+                    }
                     record.finish(Code::Ok, "", answer.log_id.as_deref());
                     let mut response = Response::new(answer.value);
                     if let Some(value) = answer.log_id.and_then(|l| l.parse().ok()) {
                         response.metadata_mut().insert(LOG_ID_HEADER, value);
                     }
+                    if reconciled {
+                        response.metadata_mut().insert(
+                            idempotent::RECONCILED_HEADER,
+                            tonic::metadata::MetadataValue::from_static("true"),
+                        );
+                    }
                     Ok(response)
                 }
                 Err(e) => {
-                    let status = status::to_status(&e, locale);
-                    let details = status.get_error_details();
-                    let info = details.error_info();
-                    record.finish(
-                        status.code(),
-                        info.map_or("", |i| i.reason.as_str()),
-                        info.and_then(|i| i.metadata.get("logId"))
-                            .map(String::as_str),
-                    );
+                    let mut status = status::to_status(&e, locale);
+                    if let Some((mut held, after_unknown)) = lease {
+                        if after_unknown && matches!(e, Error::Feishu(_)) {
+                            status = idempotent::note_earlier_attempt(status, &record.subject);
+                        }
+                        if let Some(lease) = held.take() {
+                            idempotent::finish(lease, idempotent::settle_error(&e, &status)).await;
+                        }
+                    }
+                    record.finish_status(&status);
                     Err(status)
                 }
             }
@@ -153,10 +266,11 @@ impl Services {
                 tokio::select! {
                     joined = &mut task => joined,
                     () = tokio::time::sleep_until(deadline) => {
-                        // The caller's deadline came while the task still runs.
-                        // If the write is on the wire, answer now, precisely,
-                        // and leave it to finish; before that the task's own
-                        // stages end at this deadline with a better status.
+                        // The caller's deadline is about to come while the task
+                        // still runs. If the write is on the wire, answer now,
+                        // precisely, and leave it to finish; before that the
+                        // task's own stages ended at the planning deadline with
+                        // a better status.
                         if commit.caller_left() {
                             (&mut task).await
                         } else {
@@ -182,6 +296,32 @@ impl Services {
                 "the gateway failed while serving the call",
             ))
         })
+    }
+}
+
+/// A key's lease while its call runs. Dropped unsettled (the call was
+/// cancelled, or panicked), it is forgotten when the write never started,
+/// and otherwise left to record "unknown" (it may have applied).
+struct HeldLease {
+    lease: Option<Lease>,
+    commit: Commit,
+}
+
+impl HeldLease {
+    fn take(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if !self.commit.ever_sent() {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(idempotent::finish(lease, idempotent::Settle::Forget));
+                }
+            }
+        }
     }
 }
 
@@ -221,10 +361,64 @@ struct Record {
     text_chars: Option<usize>,
     span: tracing::Span,
     told: Told,
+    /// The caller's `idempotency-key`, if any (audited with the call).
+    idempotency_key: String,
+    /// "replayed" or "reconciled" when the key decided the answer.
+    idempotent: &'static str,
     done: bool,
 }
 
 impl Record {
+    fn finish_status(&mut self, status: &Status) {
+        let details = status.get_error_details();
+        let info = details.error_info();
+        self.finish(
+            status.code(),
+            info.map_or("", |i| i.reason.as_str()),
+            info.and_then(|i| i.metadata.get("logId"))
+                .map(String::as_str),
+        );
+    }
+
+    /// Answers with a key's recorded first outcome, audited as a replay.
+    fn replay<T: prost::Message + Default>(
+        mut self,
+        outcome: Outcome,
+    ) -> Result<Response<T>, Status> {
+        match outcome {
+            Outcome::Ok { response, log_id } => {
+                let Ok(value) = T::decode(response) else {
+                    let status = Status::internal(
+                        "the recorded answer of this idempotency-key cannot be read; nothing was sent",
+                    );
+                    self.finish_status(&status);
+                    return Err(status);
+                };
+                self.finish(Code::Ok, "", log_id.as_deref());
+                let mut response = Response::new(value);
+                response.metadata_mut().insert(
+                    idempotent::REPLAYED_HEADER,
+                    tonic::metadata::MetadataValue::from_static("true"),
+                );
+                if let Some(value) = log_id.and_then(|l| l.parse().ok()) {
+                    response.metadata_mut().insert(LOG_ID_HEADER, value);
+                }
+                Ok(response)
+            }
+            Outcome::Failed {
+                code,
+                message,
+                details,
+                log_id,
+            } => {
+                let status =
+                    idempotent::replayed_status(code, &message, details, log_id.as_deref());
+                self.finish_status(&status);
+                Err(status)
+            }
+        }
+    }
+
     fn finish(&mut self, code: Code, reason: &str, log_id: Option<&str>) {
         self.done = true;
         let told = self.told.0.get().copied();
@@ -246,6 +440,8 @@ impl Record {
                 // The caller went away (hung up, deadline) before this answer:
                 // the outcome is Feishu's, the caller did not hear it.
                 caller_left = told.is_some(),
+                idempotency_key = %self.idempotency_key,
+                idempotent = self.idempotent,
                 elapsed_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
                 "audit"
             );

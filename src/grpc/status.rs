@@ -335,6 +335,31 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
     build(Code::ResourceExhausted, en, d, None)
 }
 
+/// A status of the gateway's own, with its one ErrorInfo and message.
+pub(super) fn own_status(code: Code, reason: &str, en: String, zh: &str, locale: Locale) -> Status {
+    let (en, d) = own_details(reason, &en, zh, locale);
+    build(code, en, d, None)
+}
+
+/// The message and details of an error of the gateway's own, for callers
+/// that add details before building the status.
+pub(super) fn own_details(
+    reason: &str,
+    en: &str,
+    zh: &str,
+    locale: Locale,
+) -> (String, ErrorDetails) {
+    (
+        en.to_owned(),
+        own(
+            reason,
+            [("mayHaveRun", "false".to_owned())],
+            locale,
+            (en, zh),
+        ),
+    )
+}
+
 /// Details of an error the gateway detected itself.
 fn own<'a>(
     reason: &str,

@@ -41,6 +41,7 @@ pub(crate) const APP_ACCESS_TOKEN: Endpoint = Endpoint {
     scope: "",
     limits: &[],
     write: false,
+    already_applied: &[],
 };
 
 /// A tenant token bought with an app_access_token and a tenant_key.
@@ -51,6 +52,7 @@ pub(crate) const TENANT_ACCESS_TOKEN: Endpoint = Endpoint {
     scope: "",
     limits: &[],
     write: false,
+    already_applied: &[],
 };
 
 /// Asks Feishu to push the app_ticket again.
@@ -61,6 +63,7 @@ pub(crate) const APP_TICKET_RESEND: Endpoint = Endpoint {
     scope: "",
     limits: &[],
     write: false,
+    already_applied: &[],
 };
 
 /// A store app's app_access_token. `Debug` never shows it.

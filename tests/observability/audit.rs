@@ -41,6 +41,8 @@ fn check(caller: &TraceParent, expected: &Expected<'_>, secret_text: &[&str]) ->
         "caller_left",
         "elapsed_ms",
         "feishu_log_id",
+        "idempotency_key",
+        "idempotent",
         "message",
         "method",
         "outcome",
@@ -58,6 +60,8 @@ fn check(caller: &TraceParent, expected: &Expected<'_>, secret_text: &[&str]) ->
     assert_anonymous_loopback_caller(who);
     assert_eq!(fields["method"], expected.method, "{text}");
     assert_eq!(fields["caller_left"], expected.caller_left, "{text}");
+    assert_eq!(fields["idempotency_key"], "", "{text}");
+    assert_eq!(fields["idempotent"], "", "{text}");
     assert_eq!(fields["subject"], expected.subject.as_str(), "{text}");
     assert_eq!(fields["related"], expected.related, "{text}");
     if let Some(n) = expected.text_chars {
