@@ -112,7 +112,7 @@ impl Default for FeishuSettings {
 pub struct GatewaySettings {
     /// gRPC listen address (`GATEWAY_LISTEN`).
     pub listen: SocketAddr,
-    /// HTTP admin address for `/healthz`, `/readyz` and `/metrics` (`GATEWAY_ADMIN_LISTEN`).
+    /// HTTP admin address for `/healthz`, `/readyz`, `/metrics` and Feishu's pushes (`GATEWAY_ADMIN_LISTEN`).
     pub admin_listen: SocketAddr,
     /// Largest gRPC request message accepted, in bytes.
     pub max_request_bytes: usize,
