@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use common::{capture::Capture, Harness, LOOPBACK};
 use feishu_gateway::{
-    app,
-    config::{AppCredentials, AppKind, EventSecrets, Settings, DEFAULT_APP},
+    config::{AppCredentials, AppKind, EventSecrets},
     events::now_unix,
     pb::feishu::corehr::v2::WithdrawOnboardingRequest,
     sandbox::{
@@ -21,7 +20,7 @@ use feishu_gateway::{
     },
 };
 use serde_json::{json, Value};
-use tonic::{transport::Channel, Request};
+use tonic::Request;
 
 const TENANT: &str = "2ed263bf32cf1651";
 
@@ -119,22 +118,11 @@ async fn start() -> (Harness, Logs) {
     let sandbox = Sandbox::start(config.clone(), LOOPBACK)
         .await
         .expect("sandbox");
-    let mut settings = Settings::default();
-    settings.gateway.listen = LOOPBACK;
-    settings.gateway.admin_listen = LOOPBACK;
-    settings.gateway.max_quota_wait_ms = 1_000;
-    settings.feishu.base_url = sandbox.base_url();
-    let mut apps = vec![(
-        DEFAULT_APP.to_owned(),
-        AppCredentials::self_built(config.app_id.clone(), config.app_secret.clone()),
-    )];
-    apps.extend([&PLAIN, &SEALED, &BARE].map(|a| (a.name.to_owned(), a.credentials())));
-    let gateway = app::start(&settings, apps).await.expect("gateway");
-    let channel = Channel::from_shared(format!("http://{}", gateway.grpc_addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let apps = [&PLAIN, &SEALED, &BARE].map(|a| (a.name.to_owned(), a.credentials()));
+    let (gateway, channel) = common::gateway_with_apps(&sandbox, &config, apps.into(), |s| {
+        s.gateway.max_quota_wait_ms = 1_000;
+    })
+    .await;
     let h = Harness {
         sandbox,
         gateway,
