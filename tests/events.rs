@@ -145,6 +145,16 @@ impl Answer {
 }
 
 async fn post(h: &Harness, push: &PushRequest) -> Answer {
+    let headers = push.headers.iter().map(|(n, v)| (*n, v.as_str()));
+    post_raw(h, &push.body, headers).await
+}
+
+/// POSTs a body with headers to the push endpoint, as Feishu would.
+async fn post_raw<'a>(
+    h: &Harness,
+    body: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Answer {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -152,9 +162,9 @@ async fn post(h: &Harness, push: &PushRequest) -> Answer {
     let mut req = client
         .post(format!("http://{}/admin/app_ticket", h.gateway.admin_addr))
         .header("content-type", "application/json")
-        .body(push.body.clone());
-    for (name, value) in &push.headers {
-        req = req.header(*name, value);
+        .body(body.to_owned());
+    for (name, value) in headers {
+        req = req.header(name, value);
     }
     let response = req.send().await.expect("the admin port answers");
     let status = response.status().as_u16();
@@ -410,6 +420,103 @@ async fn unknown_apps_and_oversized_bodies_are_refused_without_naming_apps() {
     let answer = post(&h, &events::push(&event, None, 0)).await;
     assert_eq!(answer.status, 413, "{}", answer.body);
     assert_eq!(tickets_stored(&h, &PLAIN), 0);
+}
+
+/// Feishu's own Python SDK (lark-oapi) takes the sandbox's pushes for
+/// Feishu's, and refuses the same forgeries; and a push encrypted by the SDK's
+/// cipher library and signed by hashlib (no code of this crate) is accepted.
+#[tokio::test]
+async fn feishus_python_sdk_agrees_with_the_pushes_both_ways() {
+    let (h, _logs) = start().await;
+    let ticket = h.sandbox.push_app_ticket(SEALED.app_id);
+    let entry = |name: &str, push: &PushRequest, expect: Value| {
+        let headers: serde_json::Map<String, Value> = push
+            .headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), json!(v)))
+            .collect();
+        json!({"name": name, "body": push.body, "headers": headers, "expect": expect})
+    };
+    let now = now_unix();
+    let v2 = events::app_ticket_v2(SEALED.app_id, &ticket, SEALED.token());
+    let check = events::url_verification("challenge-sdk", SEALED.token());
+    let forged = events::app_ticket_v1(SEALED.app_id, &ticket, "guessed-token");
+    let mut tampered = SEALED.ticket_push(&ticket, 0);
+    tampered.headers.retain(|(n, _)| *n != "X-Lark-Signature");
+    tampered.headers.push(("X-Lark-Signature", "0".repeat(64)));
+    let pushes = json!([
+        entry(
+            "v1 app_ticket",
+            &SEALED.ticket_push(&ticket, 0),
+            json!({"app_ticket": ticket})
+        ),
+        entry(
+            "v2 app_ticket",
+            &events::push(&v2, SEALED.key, now),
+            json!({"app_ticket": ticket})
+        ),
+        entry(
+            "url_verification",
+            &events::push(&check, SEALED.key, now),
+            json!({"challenge": "challenge-sdk"})
+        ),
+        entry(
+            "wrong token",
+            &events::push(&forged, SEALED.key, now),
+            json!("refused")
+        ),
+        entry("bad signature", &tampered, json!("refused")),
+    ]);
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/lark_events_check.py"
+    );
+    let fresh = h.sandbox.push_app_ticket(SEALED.app_id);
+    let mut child = tokio::process::Command::new("python3")
+        .args([
+            script,
+            SEALED.key.expect("a key"),
+            SEALED.token(),
+            SEALED.app_id,
+            &fresh,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to run Feishu's Python SDK");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, pushes.to_string().as_bytes())
+        .await
+        .expect("write the pushes");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("the script ends");
+    let log = String::from_utf8_lossy(&out.stderr);
+    // The script exits with 3 when `import lark_oapi` fails: that is a failure, not a skip.
+    assert_ne!(
+        out.status.code(),
+        Some(3),
+        "Feishu's SDK is missing: run `pip install lark-oapi` (CI installs it)\n{log}"
+    );
+    assert!(out.status.success(), "lark_events_check.py failed:\n{log}");
+
+    let own: Value = serde_json::from_slice(&out.stdout).expect("the SDK-made push");
+    let headers = own["headers"].as_object().expect("headers");
+    let answer = post_raw(
+        &h,
+        own["body"].as_str().expect("body"),
+        headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str().unwrap_or_default())),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(tickets_stored(&h, &SEALED), 1);
+    withdraw(&h, &SEALED)
+        .await
+        .expect("the SDK-made push carried a real ticket");
+    assert_eq!(app_token_codes(&h), [0]);
 }
 
 #[tokio::test]
