@@ -260,6 +260,7 @@ impl Verifier {
         };
         let eligible: Vec<&PushApp> = match app_id {
             // The URL check names no app: its token does.
+            None if candidates.is_empty() => return Err(Refused::UnknownApp),
             None => candidates,
             Some(id) => {
                 if !self.apps.iter().any(|a| a.app_id == id) {

@@ -322,6 +322,17 @@ fn a_push_signed_with_one_apps_key_cannot_speak_for_another() {
 }
 
 #[test]
+fn without_store_apps_every_push_is_for_an_unknown_app() {
+    let v = verifier(&[("self", AppCredentials::self_built("cli_self", "s"))]);
+    let check = feishu::url_verification("c", TOKEN).to_string();
+    let ticket = feishu::app_ticket_v1("cli_self", "t", TOKEN).to_string();
+    for body in [check, ticket] {
+        let r = v.verify(SignedBy::default(), body.as_bytes(), TS_UNIX);
+        assert_eq!(refusal(r), Refused::UnknownApp, "{body}");
+    }
+}
+
+#[test]
 fn debug_shows_no_token_or_key() {
     let v = verifier(&[("isv", store(APP_ID, Some(TOKEN), Some(KEY)))]);
     let text = format!("{v:?}");
