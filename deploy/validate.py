@@ -12,8 +12,11 @@ the ConfigMap's config.toml). This script checks the files themselves:
 - every Kubernetes manifest passes the Kubernetes JSON schemas, strictly
   (unknown fields are errors), for the oldest supported version (1.30: the
   preStop `sleep` action) and the newest the kubernetes-validate package ships;
-- kustomization.yaml lists every manifest but the secret template, and the
-  objects agree with each other (names, namespaces, labels, ports, mounts);
+- kustomization.yaml lists every manifest but the opt-in ones (the secret
+  template, events.yaml), and the objects agree with each other (names,
+  namespaces, labels, ports, mounts, Ingress backends);
+- the admin port is reached only deliberately: not through the gateway's
+  Service, and through an Ingress only at the exact push path;
 - docker-compose.yml's services exist, mount and build from files that exist,
   depend on defined services, and publish on 127.0.0.1 only; the collector's pipelines name defined components;
 - the Dockerfile, parsed by BuildKit's own parser (PyPI `dockerfile`), is
@@ -53,6 +56,13 @@ K8S = os.path.join(DEPLOY, "k8s")
 # since 1.30) and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
 SECRET_TEMPLATE = "secret.yaml"
+# Manifests applied by hand, never by `kubectl apply -k`, and why.
+OPT_IN = {
+    SECRET_TEMPLATE: "applying it would replace the real secret",
+    "events.yaml": "it exposes the push endpoint, which is opted into deliberately",
+}
+# The one admin-port path an Ingress may route (Feishu's event pushes).
+PUSH_PATH = "/admin/app_ticket"
 BINARY = "/usr/local/bin/feishu-gateway"
 
 errors = []
@@ -140,9 +150,9 @@ def check_kubernetes(docs):
         if not os.path.isfile(os.path.join(K8S, r)):
             fail("deploy/k8s/kustomization.yaml", f"resource {r} does not exist")
     for name in manifests:
-        if name == SECRET_TEMPLATE and name in listed:
-            fail("deploy/k8s/kustomization.yaml", f"lists {name}: applying it would replace the real secret")
-        elif name != SECRET_TEMPLATE and name not in listed:
+        if name in OPT_IN and name in listed:
+            fail("deploy/k8s/kustomization.yaml", f"lists {name}: {OPT_IN[name]}")
+        elif name not in OPT_IN and name not in listed:
             fail("deploy/k8s/kustomization.yaml", f"does not list {name}")
     namespace = kust.get("namespace")
     image_names = {i.get("name") for i in kust.get("images", [])}
@@ -183,6 +193,8 @@ def check_kubernetes(docs):
     def selects(selector):
         return [n for n, l in labels_of.items() if selector and all(l.get(k) == v for k, v in selector.items())]
 
+    # Each Service port, by Service and port name: the container port it reaches.
+    service_targets = {}
     for n, svc in by_kind.get("Service", {}).items():
         targets = selects(svc["spec"].get("selector", {}))
         if len(targets) != 1:
@@ -197,6 +209,8 @@ def check_kubernetes(docs):
             t = p.get("targetPort", p["port"])
             if t not in ports and t not in ports.values():
                 fail("deploy/k8s", f"Service {n} port {p['name']} targets {t}, not a container port")
+            service_targets.setdefault(n, {})[p["name"]] = ports.get(t, t)
+            service_targets[n][p["port"]] = ports.get(t, t)
     for n, pdb in by_kind.get("PodDisruptionBudget", {}).items():
         targets = selects(pdb["spec"]["selector"].get("matchLabels", {}))
         if targets != ["feishu-gateway"]:
@@ -208,8 +222,28 @@ def check_kubernetes(docs):
             fail("deploy/k8s/networkpolicy.yaml", f"NetworkPolicy {n} selects no pod")
         for rule in np["spec"].get("ingress", []):
             for peer in rule.get("from", []):
+                if "namespaceSelector" in peer:
+                    continue  # pods of other namespaces, not defined here
                 if not selects(peer.get("podSelector", {}).get("matchLabels", {})):
                     fail("deploy/k8s/networkpolicy.yaml", f"NetworkPolicy {n} admits no pod")
+
+    # Ingresses: each path names a Service port defined here.
+    ingress_paths = []
+    for n, ing in by_kind.get("Ingress", {}).items():
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                svc = path["backend"].get("service", {})
+                port = svc.get("port", {})
+                port = port.get("name", port.get("number"))
+                target = service_targets.get(svc.get("name"), {}).get(port)
+                if target is None:
+                    fail("deploy/k8s", f"Ingress {n} path {path.get('path')} names no Service port here")
+                ingress_paths.append({
+                    "ingress": n,
+                    "path": path.get("path"),
+                    "path_type": path.get("pathType"),
+                    "container_port": target,
+                })
 
     # Image: the one built from deploy/Dockerfile, renamed by kustomization.
     image = c["image"].split(":")[0]
@@ -286,6 +320,15 @@ def check_kubernetes(docs):
         port = get.get("port")
         return {"kind": kind, "path": get.get("path"), "port": ports.get(port, port)}
 
+    # The admin port (probes, metrics, pushes) is reached deliberately: never
+    # through the gateway's Service, from outside only at the push path.
+    admin = ports.get("admin")
+    if admin in service_targets.get("feishu-gateway", {}).values():
+        fail("deploy/k8s/service.yaml", "Service feishu-gateway exposes the admin port")
+    for p in ingress_paths:
+        if p["container_port"] == admin and (p["path"], p["path_type"]) != (PUSH_PATH, "Exact"):
+            fail("deploy/k8s", f"Ingress {p['ingress']} routes {p['path']} to the admin port (only {PUSH_PATH}, Exact)")
+
     annotations = spec["template"]["metadata"].get("annotations", {})
     facts = {
         "args": c.get("args"),
@@ -297,6 +340,11 @@ def check_kubernetes(docs):
         "prestop_sleep_seconds": lifecycle.get("sleep", {}).get("seconds", 0),
         "probes": [probe(k) for k in ("startupProbe", "livenessProbe", "readinessProbe")],
         "container_ports": ports,
+        "services": {
+            n: sorted({t for t in targets.values() if isinstance(t, int)})
+            for n, targets in service_targets.items()
+        },
+        "ingress_paths": ingress_paths,
         "prometheus": {
             "scrape": annotations.get("prometheus.io/scrape"),
             "port": annotations.get("prometheus.io/port"),

@@ -1,5 +1,7 @@
 //! The admin HTTP port: liveness, readiness and Prometheus metrics, apart
-//! from the gRPC port so that probes and scrapes never queue behind calls.
+//! from the gRPC port so that probes and scrapes never queue behind calls;
+//! and the one endpoint meant to be reached from outside, Feishu's event
+//! pushes (`POST /admin/app_ticket`), believed only as `events` decides.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -8,17 +10,19 @@ use std::sync::{
 
 use axum::{
     body::Bytes,
-    extract::State,
-    http::StatusCode,
-    response::IntoResponse,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
     routing::{get, post},
-    Router,
+    Json, Router,
 };
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use crate::{gateway::Gateway, metrics::Metrics};
+use crate::{
+    events::{self, Accepted, Refused, SignedBy, Verifier},
+    gateway::Gateway,
+    metrics::Metrics,
+};
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -27,6 +31,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM: readiness fails so that load balancers stop sending.
     pub draining: Arc<AtomicBool>,
+    /// Tells Feishu's event pushes from forgeries, per store app.
+    pub pushes: Arc<Verifier>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -34,7 +40,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/admin/app_ticket", post(app_ticket))
+        .route(
+            "/admin/app_ticket",
+            post(app_ticket).layer(DefaultBodyLimit::max(events::MAX_BODY_BYTES)),
+        )
         .with_state(state)
 }
 
@@ -61,40 +70,49 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-/// Feishu's app_ticket push for a store app, forwarded by whatever receives
-/// Feishu's events: `{"app_id","app_ticket"}`, or Feishu's event body with
-/// both under `event`. The ticket is a secret: it is never echoed or logged.
-#[derive(Deserialize)]
-struct TicketPush {
-    app_id: Option<String>,
-    app_ticket: Option<SecretString>,
-    event: Option<TicketEvent>,
-}
-
-#[derive(Deserialize)]
-struct TicketEvent {
-    app_id: String,
-    app_ticket: SecretString,
-}
-
-async fn app_ticket(State(state): State<AdminState>, body: Bytes) -> impl IntoResponse {
-    let push = serde_json::from_slice::<TicketPush>(&body)
-        .ok()
-        .and_then(|p| match (p.app_id, p.app_ticket, p.event) {
-            (Some(id), Some(ticket), _) => Some((id, ticket)),
-            (_, _, Some(e)) => Some((e.app_id, e.app_ticket)),
-            _ => None,
-        })
-        .filter(|(id, ticket)| !id.is_empty() && !ticket.expose_secret().is_empty());
-    let Some((app_id, ticket)) = push else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "expected JSON {\"app_id\": \"cli_...\", \"app_ticket\": \"...\"}\n".to_owned(),
-        );
+/// Feishu's event push to a store app's request URL (the app_ticket, hourly,
+/// and the URL check), answered as Feishu expects once `events` believes it.
+/// Refusals say in general terms why; the ticket is never echoed or logged.
+async fn app_ticket(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = SignedBy {
+        timestamp: header("x-lark-request-timestamp"),
+        nonce: header("x-lark-request-nonce"),
+        signature: header("x-lark-signature"),
     };
-    match state.gateway.tokens().set_app_ticket(&app_id, ticket) {
-        Ok(()) => (StatusCode::NO_CONTENT, String::new()),
-        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+    match state.pushes.verify(signed, &body, events::now_unix()) {
+        Ok(Accepted::Challenge(challenge)) => {
+            Json(serde_json::json!({ "challenge": challenge })).into_response()
+        }
+        Ok(Accepted::AppTicket { app_id, ticket }) => {
+            match state.gateway.tokens().set_app_ticket(&app_id, ticket) {
+                Ok(()) => Json(serde_json::json!({ "msg": "success" })).into_response(),
+                Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+            }
+        }
+        Ok(Accepted::Ignored { event_type }) => {
+            tracing::info!(
+                event_type,
+                "event push acknowledged but not handled: the gateway acts only on app_ticket"
+            );
+            Json(serde_json::json!({ "msg": "ignored: only app_ticket events are handled here" }))
+                .into_response()
+        }
+        Err(refused) => {
+            tracing::warn!(reason = refused.reason(), "event push refused");
+            let status = match refused {
+                Refused::Malformed(_) => StatusCode::BAD_REQUEST,
+                Refused::UnknownApp => StatusCode::NOT_FOUND,
+                Refused::NoVerificationToken => StatusCode::FORBIDDEN,
+                Refused::WrongToken
+                | Refused::NotEncrypted
+                | Refused::Unsigned
+                | Refused::BadSignature
+                | Refused::Stale
+                | Refused::Undecryptable => StatusCode::UNAUTHORIZED,
+            };
+            (status, format!("{refused}\n")).into_response()
+        }
     }
 }
 

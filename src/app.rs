@@ -17,6 +17,7 @@ use crate::{
     auth::{layer::AuthLayer, Policy},
     catalog::Window,
     config::{AppCredentials, Settings, DEFAULT_APP},
+    events::Verifier,
     gateway::Gateway,
     grpc::{self, server::Serving, Services},
     idempotency::IdempotencyStore,
@@ -71,6 +72,14 @@ pub async fn start(
     let max_wait = Duration::from_millis(settings.gateway.max_quota_wait_ms);
     if !apps.iter().any(|(name, _)| name == DEFAULT_APP) {
         return Err(format!("no {DEFAULT_APP:?} app is configured").into());
+    }
+    let pushes = Arc::new(Verifier::new(apps.iter().map(|(n, c)| (n.as_str(), c))));
+    for (name, app_id) in pushes.apps_without_token() {
+        tracing::warn!(
+            app = name,
+            app_id,
+            "store app has no verification_token: its app_ticket pushes are refused (403) until one is configured"
+        );
     }
     let apps = apps
         .into_iter()
@@ -136,6 +145,7 @@ pub async fn start(
         gateway: gateway.clone(),
         metrics: metrics.clone(),
         draining: draining.clone(),
+        pushes,
     };
     let admin = tokio::spawn(async move {
         if let Err(e) = admin::serve(admin_listener, admin_state).await {

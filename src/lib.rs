@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod codes;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod feishu;
 pub mod gateway;
 pub mod grpc;

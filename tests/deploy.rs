@@ -406,6 +406,34 @@ fn probes_and_ports_are_the_gateway_ones() {
     assert_eq!(health, ["/usr/local/bin/feishu-probe", "/healthz"]);
 }
 
+/// The admin port (probes, metrics, Feishu's pushes) is not behind the
+/// gateway's Service: anyone in the cluster could otherwise reach it by name.
+/// From outside, an Ingress may route only the exact push path to it.
+#[test]
+fn the_admin_port_is_reached_only_deliberately() {
+    let k8s = deployment();
+    let admin = u64::from(port_of(&k8s.env["GATEWAY_ADMIN_LISTEN"]));
+    let grpc = u64::from(port_of(&k8s.env["GATEWAY_LISTEN"]));
+    assert_eq!(
+        facts("/kubernetes/services/feishu-gateway"),
+        &serde_json::json!([grpc]),
+        "the gateway's Service carries gRPC only"
+    );
+    let paths = facts("/kubernetes/ingress_paths").as_array().unwrap();
+    let to_admin: Vec<_> = paths
+        .iter()
+        .filter(|p| p["container_port"] == admin)
+        .collect();
+    assert!(!to_admin.is_empty(), "events.yaml shows how pushes get in");
+    for p in to_admin {
+        assert_eq!(
+            (p["path"].as_str(), p["path_type"].as_str()),
+            (Some("/admin/app_ticket"), Some("Exact")),
+            "{p}"
+        );
+    }
+}
+
 /// The ConfigMap's config.toml as the Deployment's container reads it.
 fn configmap_toml() -> String {
     match &deployment().files["/etc/feishu-gateway/config.toml"] {
@@ -480,6 +508,19 @@ fn key_paths(prefix: &str, dict: &figment::value::Dict, out: &mut Vec<String>) {
     }
 }
 
+/// Every key a `[[feishu.apps]]` entry takes, from the loader itself: the
+/// error for an unknown key lists the known ones.
+fn app_setting_keys() -> Vec<&'static str> {
+    let probe = "[[feishu.apps]]\nname = \"x\"\napp_id = \"cli_x\"\nno_such_key = 1\n";
+    let e = Figment::from(Toml::string(probe))
+        .extract::<Settings>()
+        .expect_err("an unknown key");
+    match e.kind {
+        figment::error::Kind::UnknownField(_, expected) => expected.to_vec(),
+        other => panic!("expected an unknown-key error, got {other}"),
+    }
+}
+
 #[test]
 fn example_config_is_the_defaults_and_documents_every_setting() {
     // As shipped (the image's /etc/feishu-gateway/config.toml): the defaults.
@@ -516,6 +557,19 @@ fn example_config_is_the_defaults_and_documents_every_setting() {
     }
     for key in ["feishu.apps", "gateway.limits"] {
         assert!(keys.iter().any(|k| k == key), "no {key} in the example");
+    }
+    let app = dict
+        .get("feishu")
+        .and_then(|f| f.find_ref("apps"))
+        .and_then(|apps| apps.as_array())
+        .and_then(|apps| apps.first())
+        .and_then(|app| app.as_dict())
+        .expect("a [[feishu.apps]] example");
+    for key in app_setting_keys() {
+        assert!(
+            app.contains_key(key),
+            "the [[feishu.apps]] example does not show {key}"
+        );
     }
 
     // Every variable of the README's configuration table is in the example.

@@ -18,14 +18,14 @@ use std::{
 use common::{Harness, LOOPBACK};
 use feishu_gateway::{
     app,
-    config::{AppCredentials, AppKind, Settings, DEFAULT_APP},
+    config::{AppCredentials, AppKind, EventSecrets, Settings, DEFAULT_APP},
     pb::feishu::corehr::v2::{
         offboarding_service_client::OffboardingServiceClient, RevokeRequest,
         WithdrawOnboardingRequest,
     },
     sandbox::{
-        Endpoint, Fault, FaultKind, FaultTarget, Offboarding, PreHire, Sandbox, SandboxConfig,
-        StoreApp,
+        events, Endpoint, Fault, FaultKind, FaultTarget, Offboarding, PreHire, Sandbox,
+        SandboxConfig, StoreApp,
     },
     token::{Outcome, RequestKind, TokenKey},
 };
@@ -36,6 +36,8 @@ use tonic_types::StatusExt;
 const STORE_APP: &str = "isv";
 const STORE_APP_ID: &str = "cli_store00000001";
 const STORE_SECRET: &str = "store-app-secret-value";
+/// The Verification Token of the store app's event subscription.
+const STORE_TOKEN: &str = "store-verification-token";
 const TENANTS: [&str; 2] = ["2ed263bf32cf1651", "13fdd31c9f3e1d5a"];
 
 /// Sandbox + gateway with a store app `isv` besides the default self-built app,
@@ -60,6 +62,10 @@ async fn start(config: SandboxConfig, default_secret: Option<&str>) -> Harness {
     let secret = default_secret.unwrap_or(&config.app_secret);
     let store = AppCredentials {
         kind: AppKind::Store,
+        events: EventSecrets {
+            verification_token: Some(STORE_TOKEN.into()),
+            encrypt_key: None,
+        },
         ..AppCredentials::self_built(STORE_APP_ID, STORE_SECRET)
     };
     let apps = vec![
@@ -138,12 +144,14 @@ fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// Pushes the ticket as Feishu does: its app_ticket event with the app's Verification Token.
 async fn deliver_ticket(h: &Harness, ticket: &str) -> u16 {
     let url = format!("http://{}/admin/app_ticket", h.gateway.admin_addr);
-    let body = serde_json::json!({"app_id": STORE_APP_ID, "app_ticket": ticket}).to_string();
+    let event = events::app_ticket_v1(STORE_APP_ID, ticket, STORE_TOKEN);
     http()
         .post(url)
-        .body(body)
+        .header("content-type", "application/json")
+        .body(events::push(&event, None, 0).body)
         .send()
         .await
         .expect("admin answers")

@@ -76,6 +76,18 @@ pub struct AppSettings {
     pub app_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub kind: AppKind,
+    /// The Verification Token of the app's event subscription (store apps):
+    /// an app_ticket push is believed only if it carries this token. Without
+    /// one, the app's pushes are refused.
+    pub verification_token: Option<SecretString>,
+    /// A file holding the Verification Token (a mounted Secret); the value wins when both are set.
+    pub verification_token_file: Option<PathBuf>,
+    /// The Encrypt Key of the app's event subscription, when one is set in
+    /// Feishu: pushes are then encrypted and signed, and only signed, fresh
+    /// pushes are accepted (stops forged and replayed ones).
+    pub encrypt_key: Option<SecretString>,
+    /// A file holding the Encrypt Key; the value wins when both are set.
+    pub encrypt_key_file: Option<PathBuf>,
 }
 
 impl Default for FeishuSettings {
@@ -100,7 +112,7 @@ impl Default for FeishuSettings {
 pub struct GatewaySettings {
     /// gRPC listen address (`GATEWAY_LISTEN`).
     pub listen: SocketAddr,
-    /// HTTP admin address for `/healthz`, `/readyz` and `/metrics` (`GATEWAY_ADMIN_LISTEN`).
+    /// HTTP admin address for `/healthz`, `/readyz`, `/metrics` and Feishu's pushes (`GATEWAY_ADMIN_LISTEN`).
     pub admin_listen: SocketAddr,
     /// Largest gRPC request message accepted, in bytes.
     pub max_request_bytes: usize,
@@ -254,6 +266,19 @@ pub struct AppCredentials {
     pub app_id: String,
     pub app_secret: SecretString,
     pub kind: AppKind,
+    /// What authenticates the app's event pushes (store apps' app_tickets).
+    pub events: EventSecrets,
+}
+
+/// The security settings of an app's event subscription in Feishu's console.
+/// Carried beside the credentials so that the admin port can tell Feishu's
+/// pushes from anyone else's; `Debug` shows neither value.
+#[derive(Debug, Clone, Default)]
+pub struct EventSecrets {
+    /// Feishu's Verification Token: every push carries it. None: pushes refused.
+    pub verification_token: Option<SecretString>,
+    /// Feishu's Encrypt Key: pushes are then encrypted and signed with it.
+    pub encrypt_key: Option<SecretString>,
 }
 
 impl AppCredentials {
@@ -263,6 +288,7 @@ impl AppCredentials {
             app_id: app_id.into(),
             app_secret: SecretString::from(app_secret.into()),
             kind: AppKind::SelfBuilt,
+            events: EventSecrets::default(),
         }
     }
 }
@@ -408,13 +434,32 @@ impl Settings {
             }
             let id_key = format!("feishu.apps[{i}].app_id");
             let secret_key = format!("feishu.apps[{i}].app_secret");
-            let creds = read_app(
+            let mut creds = read_app(
                 (&id_key, &secret_key),
                 Some(&a.app_id),
                 a.app_secret.as_ref(),
                 a.app_secret_file.as_deref(),
                 a.kind,
             )?;
+            creds.events = EventSecrets {
+                verification_token: read_secret(
+                    &format!("feishu.apps[{i}].verification_token"),
+                    a.verification_token.as_ref(),
+                    a.verification_token_file.as_deref(),
+                )?,
+                encrypt_key: read_secret(
+                    &format!("feishu.apps[{i}].encrypt_key"),
+                    a.encrypt_key.as_ref(),
+                    a.encrypt_key_file.as_deref(),
+                )?,
+            };
+            let has_events =
+                creds.events.verification_token.is_some() || creds.events.encrypt_key.is_some();
+            if has_events && creds.kind != AppKind::Store {
+                return Err(ConfigError(format!(
+                    "feishu.apps[{i}] ({name:?}): verification_token and encrypt_key are for store apps (kind = \"store\"), whose app_ticket Feishu pushes"
+                )));
+            }
             apps.push((name.to_owned(), creds));
         }
         Ok(apps)
@@ -438,27 +483,41 @@ fn read_app(
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => return Err(ConfigError(format!("{id_key} is not set"))),
     };
-    let secret = match (secret, secret_file) {
+    let Some(secret) = read_secret(secret_key, secret, secret_file)? else {
+        return Err(ConfigError(format!("{secret_key} is not set")));
+    };
+    Ok(AppCredentials {
+        app_id,
+        app_secret: secret,
+        kind,
+        events: EventSecrets::default(),
+    })
+}
+
+/// A secret from its value or, failing that, its file (trimmed, as mounted
+/// Kubernetes secrets often end with a newline); one set but empty is an error.
+fn read_secret(
+    key: &str,
+    value: Option<&SecretString>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<SecretString>, ConfigError> {
+    let secret = match (value, file) {
         (Some(secret), _) => secret.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
             .map(|s| SecretString::from(s.trim().to_owned()))
             .map_err(|e| {
                 ConfigError(format!(
-                    "{secret_key} file {} cannot be read: {}",
+                    "{key} file {} cannot be read: {}",
                     path.display(),
                     e.kind()
                 ))
             })?,
-        (None, None) => return Err(ConfigError(format!("{secret_key} is not set"))),
+        (None, None) => return Ok(None),
     };
     if secret.expose_secret().trim().is_empty() {
-        return Err(ConfigError(format!("{secret_key} is empty")));
+        return Err(ConfigError(format!("{key} is empty")));
     }
-    Ok(AppCredentials {
-        app_id,
-        app_secret: secret,
-        kind,
-    })
+    Ok(Some(secret))
 }
 
 /// Plain HTTP is allowed only where no network is crossed (the sandbox, tests).
@@ -495,7 +554,8 @@ fn describe(e: &figment::Error) -> String {
 }
 
 fn path_is_secret(path: &[String]) -> bool {
-    path.iter().any(|p| p.contains("secret"))
+    path.iter()
+        .any(|p| p.contains("secret") || p.contains("token") || p.contains("key"))
 }
 
 #[cfg(test)]

@@ -95,3 +95,68 @@ fn a_base_url_with_a_path_is_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("FEISHU_BASE_URL"));
 }
+
+#[test]
+fn a_store_apps_event_secrets_come_from_values_or_files_and_stay_redacted() {
+    let (token, key) = ("verification-token-xyz", "encrypt-key-uvw");
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("token.txt", &format!("{token}\n"))?;
+        jail.create_file("empty.txt", "\n")?;
+        let toml = |events: &str| {
+            format!(
+                "[[feishu.apps]]\nname = \"isv\"\napp_id = \"cli_s\"\napp_secret = \"s\"\nkind = \"store\"\n{events}"
+            )
+        };
+        jail.create_file(
+            "g.toml",
+            &toml(&format!(
+                "verification_token_file = \"token.txt\"\nencrypt_key = \"{key}\"\n"
+            )),
+        )?;
+        let s = Settings::load(Some(std::path::Path::new("g.toml"))).unwrap();
+        let apps = s.apps(AppCredentials::self_built("cli_d", "d")).unwrap();
+        let events = &apps[1].1.events;
+        let shown = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+        assert_eq!(shown(&events.verification_token).as_deref(), Some(token));
+        assert_eq!(shown(&events.encrypt_key).as_deref(), Some(key));
+        let debug = format!("{s:?} {apps:?}");
+        assert!(!debug.contains(token) && !debug.contains(key), "{debug}");
+
+        // No token at all is allowed (the app's pushes are refused, with a warning).
+        jail.create_file("none.toml", &toml(""))?;
+        let s = Settings::load(Some(std::path::Path::new("none.toml"))).unwrap();
+        let apps = s.apps(AppCredentials::self_built("cli_d", "d")).unwrap();
+        assert!(apps[1].1.events.verification_token.is_none());
+
+        for (events, want) in [
+            (
+                "verification_token_file = \"empty.txt\"\n",
+                "feishu.apps[0].verification_token is empty",
+            ),
+            (
+                "encrypt_key_file = \"missing.txt\"\n",
+                "feishu.apps[0].encrypt_key file missing.txt cannot be read",
+            ),
+        ] {
+            jail.create_file("bad.toml", &toml(events))?;
+            let s = Settings::load(Some(std::path::Path::new("bad.toml"))).unwrap();
+            let e = s
+                .apps(AppCredentials::self_built("cli_d", "d"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        jail.create_file(
+            "self.toml",
+            "[[feishu.apps]]\nname = \"hr\"\napp_id = \"cli_h\"\napp_secret = \"s\"\nverification_token = \"t\"\n",
+        )?;
+        let s = Settings::load(Some(std::path::Path::new("self.toml"))).unwrap();
+        let e = s
+            .apps(AppCredentials::self_built("cli_d", "d"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("are for store apps"), "{e}");
+        Ok(())
+    });
+}

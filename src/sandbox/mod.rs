@@ -6,13 +6,15 @@
 //! `auth` (token endpoints, bearer checks), `params` (request validation), `records` and
 //! `email` (state machines), `limits` (frequency limits), `faults` (injected
 //! misbehaviour), `recorder` (what arrived), `routes` (request pipeline), `control`
-//! (HTTP control API), `server` (accept loop), `demo` (seed data).
+//! (HTTP control API), `server` (accept loop), `demo` (seed data), `events` (event
+//! pushes as Feishu sends them: app_ticket and the URL check, plain or encrypted and signed).
 
 mod auth;
 mod config;
 mod control;
 pub mod demo;
 mod email;
+pub mod events;
 mod faults;
 mod limits;
 mod params;

@@ -64,15 +64,25 @@ pub async fn gateway_for(
     config: &SandboxConfig,
     tweak: impl FnOnce(&mut Settings),
 ) -> (Running, Channel) {
+    gateway_with_apps(sandbox, config, Vec::new(), tweak).await
+}
+
+/// A gateway acting as the sandbox's default app and, by name, `more` apps.
+pub async fn gateway_with_apps(
+    sandbox: &SandboxHandle,
+    config: &SandboxConfig,
+    more: Vec<(String, AppCredentials)>,
+    tweak: impl FnOnce(&mut Settings),
+) -> (Running, Channel) {
     let mut settings = Settings::default();
     settings.gateway.listen = LOOPBACK;
     settings.gateway.admin_listen = LOOPBACK;
     settings.feishu.base_url = sandbox.base_url();
     tweak(&mut settings);
     let credentials = AppCredentials::self_built(config.app_id.clone(), config.app_secret.clone());
-    let gateway = app::start(&settings, vec![(DEFAULT_APP.to_owned(), credentials)])
-        .await
-        .expect("gateway starts");
+    let mut apps = vec![(DEFAULT_APP.to_owned(), credentials)];
+    apps.extend(more);
+    let gateway = app::start(&settings, apps).await.expect("gateway starts");
     let channel = Channel::from_shared(format!("http://{}", gateway.grpc_addr))
         .expect("uri")
         .connect()

@@ -1,5 +1,6 @@
-//! No secret (app secrets, the app ticket) and no issued token ever shows in
-//! debug output, errors, metrics or log lines (captured at TRACE, every crate).
+//! No secret (app secrets, the app ticket, the Verification Token) and no
+//! issued token ever shows in debug output, errors, metrics or log lines
+//! (captured at TRACE, every crate).
 
 use super::*;
 
@@ -70,7 +71,12 @@ async fn secrets_and_tokens_never_appear_in_debug_output_or_logs() {
     seen.push_str(&logs.text());
     let issued = h.sandbox.issued_tokens();
     assert!(issued.len() >= 3, "{issued:?}");
-    let secrets = [h.config.app_secret.as_str(), STORE_SECRET, ticket.as_str()];
+    let secrets = [
+        h.config.app_secret.as_str(),
+        STORE_SECRET,
+        ticket.as_str(),
+        STORE_TOKEN,
+    ];
     for (i, secret) in issued.iter().map(String::as_str).chain(secrets).enumerate() {
         assert!(!seen.contains(secret), "secret #{i} leaked");
     }

@@ -9,7 +9,7 @@ async fn tenants_of_a_store_app_never_share_a_token() {
     let h = Arc::new(start(SandboxConfig::default(), None).await);
     assert_eq!(
         deliver_ticket(&h, &h.sandbox.push_app_ticket(STORE_APP_ID)).await,
-        204
+        200
     );
     let calls: Vec<_> = (0..10)
         .map(|i| {
@@ -90,7 +90,7 @@ async fn a_missing_ticket_asks_for_a_resend_and_waits_for_it_within_the_deadline
         .sandbox
         .app_ticket(STORE_APP_ID)
         .expect("the resend pushed one");
-    assert_eq!(deliver_ticket(&h, &ticket).await, 204);
+    assert_eq!(deliver_ticket(&h, &ticket).await, 200);
     call.await
         .expect("task")
         .expect("succeeds once the ticket arrives");
@@ -105,7 +105,7 @@ async fn a_missing_ticket_asks_for_a_resend_and_waits_for_it_within_the_deadline
 #[tokio::test]
 async fn a_refused_ticket_is_dropped_and_replaced_through_a_resend() {
     let h = Arc::new(start(SandboxConfig::default(), None).await);
-    assert_eq!(deliver_ticket(&h, "not-a-ticket-feishu-issued").await, 204);
+    assert_eq!(deliver_ticket(&h, "not-a-ticket-feishu-issued").await, 200);
     let call = {
         let h = h.clone();
         tokio::spawn(async move {
@@ -121,7 +121,7 @@ async fn a_refused_ticket_is_dropped_and_replaced_through_a_resend() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ticket = h.sandbox.app_ticket(STORE_APP_ID).expect("resent");
-    assert_eq!(deliver_ticket(&h, &ticket).await, 204);
+    assert_eq!(deliver_ticket(&h, &ticket).await, 200);
     call.await
         .expect("task")
         .expect("succeeds with the resent ticket");
