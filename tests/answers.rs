@@ -1,0 +1,497 @@
+//! What Feishu sends back is bounded before the gateway passes it on: a body
+//! over `FEISHU_MAX_RESPONSE_BYTES` is a fault (it may have run).
+//!
+//! Feishu here is a raw HTTP/1.1 peer (the gateway speaks HTTP/1.1 to
+//! plain-http upstreams), which can send any header and body.
+//! The caller's gRPC channel is held to ONE connection: a status too large
+//! for its client would cost it that connection, and the next call would fail.
+
+mod common;
+
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use feishu_gateway::{
+    app::{self, Running},
+    config::{AppCredentials, AppKind, Settings, DEFAULT_APP},
+    pb::feishu::corehr::v2::{
+        pre_hire_service_client::PreHireServiceClient, WithdrawOnboardingRequest,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tonic::{transport::Channel, Code, Request, Status};
+use tonic_types::StatusExt;
+
+/// Bound on one gRPC call: a hung exchange fails the test instead of hanging it.
+const CALL_BOUND: Duration = Duration::from_secs(10);
+const WITHDRAW_ENDPOINT: &str = "corehr.v2.pre_hires.withdraw_onboarding";
+const WITHDRAW_OK: &[u8] = br#"{"code":0,"msg":"success","data":{"success":true}}"#;
+/// The gateway's default bound on an answer body.
+const MIB: usize = 1024 * 1024;
+
+const STORE_APP: &str = "isv";
+const STORE_APP_ID: &str = "cli_store00000001";
+const STORE_SECRET: &str = "store-app-secret-value";
+const TENANT: &str = "2ed263bf32cf1651";
+
+// ------------------------------------------------------------ the raw peer
+
+/// An answer body.
+#[derive(Clone, Debug)]
+enum Body {
+    /// These bytes, with their Content-Length.
+    Fixed(Vec<u8>),
+    /// A valid success padded with spaces to `len` bytes, written in 64 KiB
+    /// pieces until done or the client goes away; with a Content-Length, or
+    /// chunked (no length known in advance).
+    Padded { len: usize, chunked: bool },
+}
+
+#[derive(Clone, Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Body,
+}
+
+impl Reply {
+    fn json(status: u16, body: &serde_json::Value) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Body::Fixed(body.to_string().into_bytes()),
+        }
+    }
+    fn ok() -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Fixed(WITHDRAW_OK.to_vec()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct PeerState {
+    /// Replies to business requests, in order; then [`Reply::ok`].
+    script: VecDeque<Reply>,
+    /// The `expire` of every token granted.
+    expire: i64,
+    /// Paths requested, in order.
+    paths: Vec<String>,
+    /// Bytes of answer bodies written, by the business request they answered.
+    written: Vec<usize>,
+}
+
+/// Feishu on a raw socket: token endpoints by path, business requests scripted.
+struct Peer {
+    addr: SocketAddr,
+    state: Arc<Mutex<PeerState>>,
+    task: JoinHandle<()>,
+}
+
+impl Peer {
+    async fn start(script: Vec<Reply>) -> Self {
+        Self::with_expire(script, 7200).await
+    }
+
+    async fn with_expire(script: Vec<Reply>, expire: i64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(PeerState {
+            script: script.into(),
+            expire,
+            ..PeerState::default()
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _ = serve(sock, shared).await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    fn business_written(&self) -> Vec<usize> {
+        self.state.lock().unwrap().written.clone()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request: its path and Content-Length body. `None` at a clean end.
+async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<(String, Vec<u8>)>> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let path = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let length: usize = head
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..head_end + length].to_vec();
+    buf.drain(..head_end + length);
+    Ok(Some((path, body)))
+}
+
+fn token_reply(path: &str, expire: i64) -> Option<Reply> {
+    let body = match path {
+        "/open-apis/auth/v3/tenant_access_token/internal"
+        | "/open-apis/auth/v3/tenant_access_token" => {
+            serde_json::json!({"code": 0, "msg": "ok", "tenant_access_token": "t-raw", "expire": expire})
+        }
+        "/open-apis/auth/v3/app_access_token" => {
+            serde_json::json!({"code": 0, "msg": "ok", "app_access_token": "a-raw", "expire": expire})
+        }
+        "/open-apis/auth/v3/app_ticket/resend" => serde_json::json!({"code": 0, "msg": "ok"}),
+        _ => return None,
+    };
+    Some(Reply::json(200, &body))
+}
+
+async fn serve(mut sock: TcpStream, state: Arc<Mutex<PeerState>>) -> io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some((path, _)) = read_request(&mut sock, &mut buf).await? {
+        let reply = {
+            let mut s = state.lock().unwrap();
+            s.paths.push(path.clone());
+            match token_reply(&path, s.expire) {
+                Some(reply) => reply,
+                None => s.script.pop_front().unwrap_or_else(Reply::ok),
+            }
+        };
+        let business = token_reply(&path, 0).is_none();
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\n",
+            reply.status
+        );
+        for (name, value) in &reply.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let written = match &reply.body {
+            Body::Fixed(bytes) => {
+                head.push_str(&format!("content-length: {}\r\n\r\n", bytes.len()));
+                let mut out = head.into_bytes();
+                out.extend_from_slice(bytes);
+                sock.write_all(&out).await?;
+                bytes.len()
+            }
+            Body::Padded { len, chunked } => {
+                if *chunked {
+                    head.push_str("transfer-encoding: chunked\r\n\r\n");
+                } else {
+                    head.push_str(&format!("content-length: {len}\r\n\r\n"));
+                }
+                sock.write_all(head.as_bytes()).await?;
+                let written = write_padded(&mut sock, *len, *chunked).await;
+                if business {
+                    state.lock().unwrap().written.push(written);
+                }
+                if written < *len {
+                    // The client went away mid-body.
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        if business {
+            state.lock().unwrap().written.push(written);
+        }
+    }
+    Ok(())
+}
+
+/// Writes [`WITHDRAW_OK`] padded with spaces to `len` bytes; returns the bytes written.
+async fn write_padded(sock: &mut TcpStream, len: usize, chunked: bool) -> usize {
+    const PIECE: usize = 64 * 1024;
+    let spaces = vec![b' '; PIECE];
+    let mut written = 0;
+    while written < len {
+        let piece: Vec<u8> = if written == 0 {
+            let mut p = WITHDRAW_OK.to_vec();
+            p.extend_from_slice(&spaces[..(PIECE - p.len()).min(len - p.len())]);
+            p
+        } else {
+            spaces[..PIECE.min(len - written)].to_vec()
+        };
+        let framed = if chunked {
+            let mut f = format!("{:x}\r\n", piece.len()).into_bytes();
+            f.extend_from_slice(&piece);
+            f.extend_from_slice(b"\r\n");
+            f
+        } else {
+            piece.clone()
+        };
+        if sock.write_all(&framed).await.is_err() {
+            return written;
+        }
+        written += piece.len();
+    }
+    if chunked && sock.write_all(b"0\r\n\r\n").await.is_err() {
+        return written;
+    }
+    written
+}
+
+// ------------------------------------------------------------ the gateway
+
+/// The gateway in front of `base_url`, with a store app besides the default one.
+async fn gateway(base_url: String, tweak: impl FnOnce(&mut Settings)) -> Running {
+    let mut settings = Settings::default();
+    settings.gateway.listen = common::LOOPBACK;
+    settings.gateway.admin_listen = common::LOOPBACK;
+    settings.feishu.base_url = base_url;
+    settings.feishu.request_timeout_ms = 5_000;
+    tweak(&mut settings);
+    let store = AppCredentials {
+        kind: AppKind::Store,
+        ..AppCredentials::self_built(STORE_APP_ID, STORE_SECRET)
+    };
+    app::start(
+        &settings,
+        vec![
+            (
+                DEFAULT_APP.to_owned(),
+                AppCredentials::self_built("cli_raw_peer", "raw-peer-secret"),
+            ),
+            (STORE_APP.to_owned(), store),
+        ],
+    )
+    .await
+    .expect("gateway starts")
+}
+
+/// A client of `gw` held to one HTTP/2 connection: a reconnect fails the
+/// next call, so a call that broke the connection is seen to have.
+async fn one_connection(gw: &Running) -> PreHireServiceClient<Channel> {
+    let addr = gw.grpc_addr;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let n = connects.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n > 0 {
+                return Err(io::Error::other("the caller's connection was lost"));
+            }
+            let sock = TcpStream::connect(addr).await?;
+            Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(sock))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://gateway.test")
+        .connect_with_connector(connector)
+        .await
+        .expect("connect to the gateway");
+    PreHireServiceClient::new(channel)
+}
+
+async fn withdraw(
+    client: &mut PreHireServiceClient<Channel>,
+    app: Option<&str>,
+) -> Result<
+    tonic::Response<feishu_gateway::pb::feishu::corehr::v2::WithdrawOnboardingResponse>,
+    Status,
+> {
+    let id = format!("7{}", fastrand::u64(10_000_000_000..u64::MAX / 2));
+    let mut req = Request::new(WithdrawOnboardingRequest {
+        pre_hire_id: id,
+        withdraw_reason: "reason".into(),
+    });
+    req.set_timeout(Duration::from_secs(8));
+    if let Some(app) = app {
+        req.metadata_mut()
+            .insert("x-feishu-app", app.parse().expect("ascii"));
+        req.metadata_mut()
+            .insert("x-feishu-tenant-key", TENANT.parse().expect("ascii"));
+    }
+    tokio::time::timeout(CALL_BOUND, client.withdraw_onboarding(req))
+        .await
+        .expect("the call answers in time")
+}
+
+/// The next call on the same connection still works.
+async fn connection_survives(client: &mut PreHireServiceClient<Channel>) {
+    let answer = withdraw(client, None)
+        .await
+        .expect("the caller's connection survived");
+    assert!(answer.into_inner().success);
+}
+
+fn error_info(s: &Status) -> tonic_types::ErrorInfo {
+    s.get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("ErrorInfo in {s:?}"))
+}
+
+async fn metrics(gw: &Running) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://{}/metrics", gw.admin_addr))
+        .send()
+        .await
+        .expect("the admin port answers")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// The `feishu_code` labels of the withdraw endpoint's upstream histogram, with their counts.
+fn upstream_codes(text: &str) -> Vec<(String, f64)> {
+    let prefix = format!(
+        "feishu_gateway_upstream_duration_seconds_count{{endpoint=\"{WITHDRAW_ENDPOINT}\",feishu_code=\""
+    );
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (code, value) = rest.split_once("\"} ")?;
+            Some((code.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------ body size
+
+/// Repro: a 400 MB body with code 0 was read whole and answered OK. Over the
+/// bound, declared or seen while reading, the answer is not read: the caller
+/// is told it was too large and that the write may have run.
+#[tokio::test]
+async fn an_answer_over_the_bound_is_a_fault_that_may_have_run() {
+    for chunked in [false, true] {
+        let len = 64 * MIB;
+        let peer = Peer::start(vec![Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Padded { len, chunked },
+        }])
+        .await;
+        let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
+        let mut client = one_connection(&gw).await;
+
+        let began = Instant::now();
+        let status = withdraw(&mut client, None)
+            .await
+            .expect_err("too large to be an answer");
+        let took = began.elapsed();
+        assert_eq!(status.code(), Code::Internal, "{chunked}: {status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.reason, "UPSTREAM_RESPONSE_TOO_LARGE", "{status:?}");
+        assert_eq!(info.metadata["mayHaveRun"], "true");
+        assert_eq!(info.metadata["httpStatus"], "200");
+        assert!(status.message().contains("too large"), "{status:?}");
+        assert!(
+            status.message().contains("may have been applied"),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains("FEISHU_MAX_RESPONSE_BYTES"),
+            "{status:?}"
+        );
+        // Not repeated: it may have run.
+        connection_survives(&mut client).await;
+        let written = peer.business_written();
+        assert_eq!(written.len(), 2, "{written:?}");
+        // The rest of the body was never read: the gateway hung up instead.
+        assert!(written[0] < len, "{chunked}: all {len} bytes were read");
+        if !chunked {
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("{len} bytes (Content-Length)")),
+                "refused on the declared length: {status:?}"
+            );
+        }
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let codes = upstream_codes(&metrics(&gw).await);
+        assert!(
+            codes.iter().any(|(c, n)| c == "too_large" && *n == 1.0),
+            "{codes:?}"
+        );
+    }
+}
+
+/// The bound is `FEISHU_MAX_RESPONSE_BYTES` exactly: a body of that size is
+/// read and answered, one byte more is not.
+#[tokio::test]
+async fn the_bound_is_the_setting_to_the_byte() {
+    let max = 64 * 1024;
+    for chunked in [false, true] {
+        let peer = Peer::start(vec![
+            Reply {
+                status: 200,
+                headers: Vec::new(),
+                body: Body::Padded { len: max, chunked },
+            },
+            Reply {
+                status: 200,
+                headers: Vec::new(),
+                body: Body::Padded {
+                    len: max + 1,
+                    chunked,
+                },
+            },
+        ])
+        .await;
+        let gw = gateway(format!("http://{}", peer.addr), |s| {
+            s.feishu.max_response_bytes = max;
+        })
+        .await;
+        let mut client = one_connection(&gw).await;
+        let at_the_bound = withdraw(&mut client, None).await.expect("at the bound");
+        assert!(at_the_bound.into_inner().success);
+        let over = withdraw(&mut client, None)
+            .await
+            .expect_err("one byte over");
+        assert_eq!(
+            error_info(&over).reason,
+            "UPSTREAM_RESPONSE_TOO_LARGE",
+            "{chunked}: {over:?}"
+        );
+        connection_survives(&mut client).await;
+    }
+}
