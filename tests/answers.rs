@@ -1,5 +1,6 @@
 //! What Feishu sends back is bounded before the gateway passes it on: a body
-//! over `FEISHU_MAX_RESPONSE_BYTES` is a fault (it may have run).
+//! over `FEISHU_MAX_RESPONSE_BYTES` is a fault (it may have run), Feishu's
+//! `msg` and log id are cut to sizes a status and a header can carry.
 //!
 //! Feishu here is a raw HTTP/1.1 peer (the gateway speaks HTTP/1.1 to
 //! plain-http upstreams), which can send any header and body.
@@ -80,6 +81,10 @@ impl Reply {
             headers: Vec::new(),
             body: Body::Fixed(WITHDRAW_OK.to_vec()),
         }
+    }
+    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
     }
 }
 
@@ -492,6 +497,149 @@ async fn the_bound_is_the_setting_to_the_byte() {
             "UPSTREAM_RESPONSE_TOO_LARGE",
             "{chunked}: {over:?}"
         );
+        connection_survives(&mut client).await;
+    }
+}
+
+// ------------------------------------------------------------ msg and log id
+
+/// Repro: a 300 KB log id on an applied write made the caller's client fail
+/// with RESOURCE_EXHAUSTED (which callers retry). The write's success comes
+/// back, with at most 128 of the log id's `[A-Za-z0-9]`.
+#[tokio::test]
+async fn a_huge_log_id_on_an_applied_write_still_answers_ok() {
+    let log_id = format!("2024ABC-_.!{}", "x".repeat(300_000));
+    let peer = Peer::start(vec![Reply::ok().header("x-tt-logid", log_id)]).await;
+    let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
+    let mut client = one_connection(&gw).await;
+
+    let answer = withdraw(&mut client, None)
+        .await
+        .expect("the applied write answers OK");
+    let sent = answer
+        .metadata()
+        .get("x-tt-logid")
+        .expect("the log id")
+        .to_str()
+        .expect("ascii");
+    assert_eq!(sent, format!("2024ABC{}", "x".repeat(121)));
+    assert!(answer.into_inner().success);
+    connection_survives(&mut client).await;
+}
+
+/// The same for a failed call: the log id in the trailers and in
+/// `ErrorInfo`, from the header or from Feishu's `error.log_id`.
+#[tokio::test]
+async fn log_ids_of_errors_are_bounded_in_trailers_and_details() {
+    let junk = format!("L0g<{}>\"\r", "y".repeat(200_000));
+    let not_found = |status| {
+        Reply::json(
+            status,
+            &serde_json::json!({"code": 1161105, "msg": "not found", "error": {"log_id": junk}}),
+        )
+    };
+    let peer = Peer::start(vec![
+        not_found(400).header("x-tt-logid", format!("H-{}", "z".repeat(300_000))),
+        not_found(400),
+    ])
+    .await;
+    let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
+    let mut client = one_connection(&gw).await;
+
+    for expected in [
+        format!("H{}", "z".repeat(127)),
+        format!("L0g{}", "y".repeat(125)),
+    ] {
+        let status = withdraw(&mut client, None).await.expect_err("not found");
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert_eq!(error_info(&status).metadata["logId"], expected);
+        assert_eq!(
+            status.metadata().get("x-tt-logid").map(|v| v.to_str().ok()),
+            Some(Some(expected.as_str()))
+        );
+    }
+    connection_survives(&mut client).await;
+}
+
+/// Repro: an 8 MB `msg` killed the caller's connection. Under the body
+/// bound, a 900 KB `msg` still comes back as Feishu's error, with `msg`
+/// cut to 1 KiB (on a char boundary) wherever it appears.
+#[tokio::test]
+async fn a_huge_msg_is_cut_and_the_error_reaches_the_caller() {
+    let msg = "阶段不允许".repeat(60_000);
+    assert!(msg.len() > 800 * 1024 && msg.len() < MIB);
+    let peer = Peer::start(vec![Reply::json(
+        400,
+        &serde_json::json!({"code": 1161129, "msg": msg}),
+    )])
+    .await;
+    let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
+    let mut client = one_connection(&gw).await;
+
+    let status = withdraw(&mut client, None)
+        .await
+        .expect_err("stage not allowed");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "PRE_HIRE_STAGE_NOT_ALLOWED");
+    let sent = &info.metadata["feishuMsg"];
+    assert!(sent.len() <= 1024, "{}", sent.len());
+    assert!(sent.ends_with('…'), "marked as cut");
+    assert!(msg.starts_with(sent.trim_end_matches('…')));
+    assert!(status.message().len() < 2048, "{}", status.message().len());
+    let details = status.get_error_details();
+    let violation = &details
+        .precondition_failure()
+        .expect("precondition")
+        .violations[0];
+    assert!(violation.description.len() < 2048);
+    connection_survives(&mut client).await;
+}
+
+/// Every string of Feishu's error at once (msg, troubleshooter, field and
+/// permission violations, log id), near the body bound, for the codes that
+/// repeat `msg` most (unknown: twice in the message) or add the scopes or a
+/// precondition: the status still fits the caller's client.
+#[tokio::test]
+async fn an_error_with_every_string_huge_still_reaches_the_caller() {
+    let big = |n: usize| "飞".repeat(n / 3);
+    for (code, grpc, reason) in [
+        (99991672, Code::PermissionDenied, "APP_SCOPE_MISSING"),
+        (4242, Code::Unknown, "UNKNOWN_FEISHU_CODE"),
+        (
+            1161129,
+            Code::FailedPrecondition,
+            "PRE_HIRE_STAGE_NOT_ALLOWED",
+        ),
+    ] {
+        let body = serde_json::json!({
+            "code": code,
+            "msg": big(200_000),
+            "error": {
+                "log_id": big(50_000),
+                "troubleshooter": format!("see https://open.feishu.cn/{}", big(100_000)),
+                "field_violations": vec![serde_json::json!({"field": big(4000), "description": big(4000)}); 50],
+                "permission_violations": vec![serde_json::json!({"subject": big(3000)}); 50],
+            }
+        });
+        assert!(body.to_string().len() < MIB);
+        let peer = Peer::start(vec![Reply::json(400, &body)]).await;
+        let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
+        let mut client = one_connection(&gw).await;
+
+        let status = withdraw(&mut client, None).await.expect_err("an error");
+        assert_eq!(status.code(), grpc, "{code}: {status:?}");
+        assert_eq!(error_info(&status).reason, reason);
+        let details = status.get_error_details();
+        assert_eq!(
+            details
+                .bad_request()
+                .expect("BadRequest")
+                .field_violations
+                .len(),
+            8
+        );
+        assert!(details.help().is_none(), "no half a link");
         connection_survives(&mut client).await;
     }
 }

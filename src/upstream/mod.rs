@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::latency::{self, Estimator};
 use crate::{
     error::{FaultKind, Sent, UpstreamFault},
-    feishu::RawAnswer,
+    feishu::{self, RawAnswer},
 };
 
 /// Feishu's request id header, returned to callers in response metadata.
@@ -182,7 +182,7 @@ impl Upstream {
             let mut response = builder.send().await?;
             let status = response.status().as_u16();
             let headers = response.headers();
-            let log_id = header_str(headers, LOG_ID_HEADER).map(str::to_owned);
+            let log_id = header_str(headers, LOG_ID_HEADER).and_then(feishu::bound_log_id);
             let ratelimit_limit =
                 header_str(headers, "x-ogw-ratelimit-limit").and_then(|v| v.trim().parse().ok());
             let ratelimit_reset = header_str(headers, "x-ogw-ratelimit-reset")
