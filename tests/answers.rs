@@ -1,6 +1,7 @@
 //! What Feishu sends back is bounded before the gateway passes it on: a body
 //! over `FEISHU_MAX_RESPONSE_BYTES` is a fault (it may have run), Feishu's
-//! `msg` and log id are cut to sizes a status and a header can carry.
+//! `msg` and log id are cut to sizes a status and a header can carry, the
+//! metrics take only catalogued codes.
 //!
 //! Feishu here is a raw HTTP/1.1 peer (the gateway speaks HTTP/1.1 to
 //! plain-http upstreams), which can send any header and body.
@@ -10,7 +11,7 @@
 mod common;
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, VecDeque},
     io,
     net::SocketAddr,
     sync::{
@@ -642,4 +643,47 @@ async fn an_error_with_every_string_huge_still_reaches_the_caller() {
         assert!(details.help().is_none(), "no half a link");
         connection_survives(&mut client).await;
     }
+}
+
+// ------------------------------------------------------------ metric labels
+
+/// `feishu_code` takes catalogued codes, fault kinds and `other`: a Feishu
+/// that answers a new code each time cannot grow the metric.
+#[tokio::test]
+async fn the_feishu_code_label_takes_only_catalogued_codes() {
+    let mut script: Vec<Reply> = (0..20)
+        .map(|i| {
+            Reply::json(
+                400,
+                &serde_json::json!({"code": 4_242_000 + i, "msg": "new"}),
+            )
+        })
+        .collect();
+    script.push(Reply::json(
+        400,
+        &serde_json::json!({"code": 1161105, "msg": "not found"}),
+    ));
+    script.push(Reply {
+        status: 200,
+        headers: Vec::new(),
+        body: Body::Fixed(b"<html>not json</html>".to_vec()),
+    });
+    let peer = Peer::start(script).await;
+    let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
+    let mut client = one_connection(&gw).await;
+    for _ in 0..22 {
+        withdraw(&mut client, None)
+            .await
+            .expect_err("scripted errors");
+    }
+    withdraw(&mut client, None).await.expect("then OK");
+
+    let codes = upstream_codes(&metrics(&gw).await);
+    let labels: BTreeSet<&str> = codes.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from(["0", "1161105", "malformed", "other"]),
+        "{codes:?}"
+    );
+    assert!(codes.contains(&("other".to_owned(), 20.0)), "{codes:?}");
 }
