@@ -1,7 +1,7 @@
 //! What Feishu sends back is bounded before the gateway passes it on: a body
 //! over `FEISHU_MAX_RESPONSE_BYTES` is a fault (it may have run), Feishu's
 //! `msg` and log id are cut to sizes a status and a header can carry, the
-//! metrics take only catalogued codes.
+//! metrics take only catalogued codes, an absurd token `expire` is clamped.
 //!
 //! Feishu here is a raw HTTP/1.1 peer (the gateway speaks HTTP/1.1 to
 //! plain-http upstreams), which can send any header and body.
@@ -401,6 +401,20 @@ fn upstream_codes(text: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+async fn deliver_ticket(gw: &Running) {
+    let status = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(format!("http://{}/admin/app_ticket", gw.admin_addr))
+        .body(serde_json::json!({"app_id": STORE_APP_ID, "app_ticket": "ticket-raw"}).to_string())
+        .send()
+        .await
+        .expect("admin answers")
+        .status();
+    assert_eq!(status, 204);
+}
+
 // ------------------------------------------------------------ body size
 
 /// Repro: a 400 MB body with code 0 was read whole and answered OK. Over the
@@ -686,4 +700,50 @@ async fn the_feishu_code_label_takes_only_catalogued_codes() {
         "{codes:?}"
     );
     assert!(codes.contains(&("other".to_owned(), 20.0)), "{codes:?}");
+}
+
+// ------------------------------------------------------------ token expire
+
+/// `expire: i64::MAX` from every token endpoint: no panic, calls work, for
+/// a self-built app and for a store app (app and tenant tokens).
+#[tokio::test]
+async fn an_absurd_expire_is_clamped_and_calls_work() {
+    let peer = Peer::with_expire(Vec::new(), i64::MAX).await;
+    let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
+    let mut client = one_connection(&gw).await;
+    deliver_ticket(&gw).await;
+
+    for app in [None, Some(STORE_APP)] {
+        for _ in 0..2 {
+            let answer = withdraw(&mut client, app)
+                .await
+                .unwrap_or_else(|s| panic!("{app:?}: {s:?}"));
+            assert!(answer.into_inner().success);
+        }
+    }
+    let paths = peer.state.lock().unwrap().paths.clone();
+    let count = |p: &str| paths.iter().filter(|x| *x == p).count();
+    assert_eq!(
+        count("/open-apis/auth/v3/tenant_access_token/internal"),
+        1,
+        "{paths:?}"
+    );
+    assert_eq!(count("/open-apis/auth/v3/app_access_token"), 1, "{paths:?}");
+    assert_eq!(
+        count("/open-apis/auth/v3/tenant_access_token"),
+        1,
+        "{paths:?}"
+    );
+    // Used as if it had 2 hours: the gauge says so.
+    let text = metrics(&gw).await;
+    let lefts: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("feishu_gateway_token_seconds_to_expiry{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(lefts.len(), 3, "{text}");
+    assert!(
+        lefts.iter().all(|s| *s > 7000.0 && *s <= 7200.0),
+        "{lefts:?}"
+    );
 }
