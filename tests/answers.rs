@@ -1,10 +1,11 @@
 //! What Feishu sends back is bounded before the gateway passes it on: a body
 //! over `FEISHU_MAX_RESPONSE_BYTES` is a fault (it may have run), Feishu's
 //! `msg` and log id are cut to sizes a status and a header can carry, the
-//! metrics take only catalogued codes, an absurd token `expire` is clamped.
+//! metrics take only catalogued codes, an absurd token `expire` is clamped,
+//! and a slow app-token fetch is a timeout, not a missing ticket.
 //!
 //! Feishu here is a raw HTTP/1.1 peer (the gateway speaks HTTP/1.1 to
-//! plain-http upstreams), which can send any header and body.
+//! plain-http upstreams), which can send any header and body, or the sandbox.
 //! The caller's gRPC channel is held to ONE connection: a status too large
 //! for its client would cost it that connection, and the next call would fail.
 
@@ -27,6 +28,7 @@ use feishu_gateway::{
     pb::feishu::corehr::v2::{
         pre_hire_service_client::PreHireServiceClient, WithdrawOnboardingRequest,
     },
+    sandbox::{Endpoint, Fault, FaultKind, FaultTarget, PreHire, Sandbox, SandboxConfig, StoreApp},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -401,13 +403,13 @@ fn upstream_codes(text: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-async fn deliver_ticket(gw: &Running) {
+async fn deliver_ticket(gw: &Running, ticket: &str) {
     let status = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client")
         .post(format!("http://{}/admin/app_ticket", gw.admin_addr))
-        .body(serde_json::json!({"app_id": STORE_APP_ID, "app_ticket": "ticket-raw"}).to_string())
+        .body(serde_json::json!({"app_id": STORE_APP_ID, "app_ticket": ticket}).to_string())
         .send()
         .await
         .expect("admin answers")
@@ -711,7 +713,7 @@ async fn an_absurd_expire_is_clamped_and_calls_work() {
     let peer = Peer::with_expire(Vec::new(), i64::MAX).await;
     let gw = gateway(format!("http://{}", peer.addr), |_| {}).await;
     let mut client = one_connection(&gw).await;
-    deliver_ticket(&gw).await;
+    deliver_ticket(&gw, "ticket-raw").await;
 
     for app in [None, Some(STORE_APP)] {
         for _ in 0..2 {
@@ -745,5 +747,90 @@ async fn an_absurd_expire_is_clamped_and_calls_work() {
     assert!(
         lefts.iter().all(|s| *s > 7000.0 && *s <= 7200.0),
         "{lefts:?}"
+    );
+}
+
+// ------------------------------------------------------------ store app, slow
+
+/// A store app with its ticket whose app_access_token request is slower than
+/// the gateway waits for it: a timeout of the token endpoint (retryable,
+/// nothing sent), not APP_TICKET_MISSING; the token lands for the next call.
+#[tokio::test]
+async fn a_slow_app_token_fetch_is_a_timeout_not_a_missing_ticket() {
+    let config = SandboxConfig {
+        store_apps: vec![StoreApp {
+            app_id: STORE_APP_ID.into(),
+            app_secret: STORE_SECRET.into(),
+            tenant_keys: vec![TENANT.into()],
+        }],
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::start(config.clone(), common::LOOPBACK)
+        .await
+        .expect("sandbox");
+    // The gateway waits max_wait + 1 s for an app token: 1.3 s here.
+    let gw = gateway(sandbox.base_url(), |s| s.gateway.max_quota_wait_ms = 300).await;
+    deliver_ticket(&gw, &sandbox.push_app_ticket(STORE_APP_ID)).await;
+    sandbox.inject(Fault::once(
+        FaultTarget::Endpoint(Endpoint::AppToken),
+        FaultKind::Delay(Duration::from_millis(2_500)),
+    ));
+    let mut client = one_connection(&gw).await;
+    let pre_hire = |sandbox: &feishu_gateway::sandbox::SandboxHandle| {
+        let id = format!("7{}", fastrand::u64(10_000_000_000..u64::MAX / 2));
+        sandbox.add_pre_hire(&id, PreHire::ready());
+        id
+    };
+    let call = |id: String| {
+        let mut req = Request::new(WithdrawOnboardingRequest {
+            pre_hire_id: id,
+            withdraw_reason: "reason".into(),
+        });
+        // Long: the business endpoint's first latency estimate borrows the
+        // slow token exchange's (the quota refuses slots it cannot fit).
+        req.set_timeout(Duration::from_secs(20));
+        req.metadata_mut()
+            .insert("x-feishu-app", STORE_APP.parse().expect("ascii"));
+        req.metadata_mut()
+            .insert("x-feishu-tenant-key", TENANT.parse().expect("ascii"));
+        req
+    };
+
+    let began = Instant::now();
+    let status = client
+        .withdraw_onboarding(call(pre_hire(&sandbox)))
+        .await
+        .expect_err("the app token is late");
+    assert!(began.elapsed() < Duration::from_millis(2_500));
+    let info = error_info(&status);
+    assert_ne!(info.reason, "APP_TICKET_MISSING", "{status:?}");
+    assert_eq!(
+        (status.code(), info.reason.as_str()),
+        (Code::Unavailable, "UPSTREAM_TIMEOUT"),
+        "{status:?}"
+    );
+    assert_eq!(info.metadata["stage"], "token");
+    assert_eq!(info.metadata["mayHaveRun"], "false");
+    assert_eq!(info.metadata["blockedEndpoint"], WITHDRAW_ENDPOINT);
+    assert!(status.message().contains("app_access_token"), "{status:?}");
+    assert_eq!(sandbox.count(Endpoint::WithdrawOnboarding), 0);
+
+    // The slow request goes on; its token serves the next call.
+    while sandbox.count(Endpoint::AppToken) == 0 || began.elapsed() < Duration::from_secs(3) {
+        assert!(
+            began.elapsed() < Duration::from_secs(6),
+            "the app token never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = client
+        .withdraw_onboarding(call(pre_hire(&sandbox)))
+        .await
+        .expect("the late token serves");
+    assert!(answer.into_inner().success);
+    assert_eq!(
+        sandbox.count(Endpoint::AppToken),
+        1,
+        "one app token request"
     );
 }
