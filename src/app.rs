@@ -67,6 +67,7 @@ pub async fn start(
         connect_timeout: Duration::from_millis(settings.feishu.connect_timeout_ms),
         http2_prior_knowledge: settings.feishu.http2_prior_knowledge,
         extra_roots_pem,
+        max_response_bytes: settings.feishu.max_response_bytes,
     })?;
     let default_app: Arc<str> = Arc::from(DEFAULT_APP);
     let max_wait = Duration::from_millis(settings.gateway.max_quota_wait_ms);

@@ -109,6 +109,11 @@ pub enum FaultKind {
     Dropped,
     /// The answer was not Feishu's JSON (HTML page, truncated or empty body).
     Malformed,
+    /// The answer's body was over `FEISHU_MAX_RESPONSE_BYTES` and was not read:
+    /// Feishu answered, so the call may have run. Its own kind (and metrics
+    /// label) because the operator's remedy differs: a bound to raise, or a
+    /// misbehaving proxy, not a format Feishu changed.
+    TooLarge,
 }
 
 impl FaultKind {
@@ -121,6 +126,7 @@ impl FaultKind {
             FaultKind::CallerDeadline => "caller_deadline",
             FaultKind::Dropped => "dropped",
             FaultKind::Malformed => "malformed",
+            FaultKind::TooLarge => "too_large",
         }
     }
 }

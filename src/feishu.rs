@@ -8,6 +8,54 @@ use serde::{de::DeserializeOwned, Deserialize};
 
 use crate::error::{Error, FaultKind, FeishuError, FieldViolation, Sent, UpstreamFault};
 
+/// Longest `msg` passed on, in bytes. Feishu's are a sentence; the gateway
+/// copies `msg` into the status message and several details, and a status
+/// larger than the client's header limit (16 KiB in hyper) costs the caller
+/// its connection, so a longer one is cut (on a char boundary, marked `…`).
+pub const MSG_MAX: usize = 1024;
+/// Longest log id passed on, in bytes. Feishu's are ~30 alphanumerics; the
+/// log id goes into response metadata, trailers and the audit record.
+pub const LOG_ID_MAX: usize = 128;
+/// Longest troubleshooter text (longer ones are dropped), field name,
+/// violation description or scope kept, and most violations kept: with
+/// `msg`, what Feishu sends fills at most ~14 KiB of the status (grpc-message
+/// percent-encodes, details are base64), under the client's 16 KiB.
+const TROUBLESHOOTER_MAX: usize = 1024;
+const FIELD_MAX: usize = 64;
+const DESCRIPTION_MAX: usize = 128;
+const SCOPE_MAX: usize = 64;
+const VIOLATIONS_MAX: usize = 8;
+
+/// Feishu's log id as the gateway passes it on: only `[A-Za-z0-9]` (anything
+/// else dropped), at most [`LOG_ID_MAX`] bytes; `None` if nothing is left.
+/// Done where the answer is read, so that every consumer (metadata,
+/// trailers, audit, spans, the idempotency store) gets a bounded value a
+/// header can carry: a 300 KB log id on an applied write made the caller's
+/// client refuse the answer with RESOURCE_EXHAUSTED, which callers retry.
+pub fn bound_log_id(raw: &str) -> Option<String> {
+    let id: String = raw
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(LOG_ID_MAX)
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// `text` cut to at most `max` bytes on a char boundary, ending in `…` when cut.
+pub fn bound_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+    text
+}
+
 /// One answer from Feishu, before interpretation.
 #[derive(Debug)]
 pub struct RawAnswer {
@@ -108,24 +156,39 @@ pub fn interpret_envelope<T: DeserializeOwned>(
         return Ok(envelope);
     }
     let error = envelope.error.unwrap_or_default();
+    // Every string Feishu sent is bounded here, once: each ends up in the
+    // caller's status, whose size the caller's client limits.
     Err(FeishuError {
         endpoint,
         http_status: answer.status,
         // An HTTP 429 is a frequency-limit refusal, whatever the body says.
         code: if code == 0 { 99991400 } else { code },
-        msg: envelope.msg,
-        log_id: answer.log_id.or(error.log_id),
-        troubleshooter: error.troubleshooter,
+        msg: bound_text(envelope.msg, MSG_MAX),
+        log_id: answer
+            .log_id
+            .or_else(|| error.log_id.as_deref().and_then(bound_log_id)),
+        // Dropped rather than cut when too long: it carries a link, and half a link misleads.
+        troubleshooter: error
+            .troubleshooter
+            .filter(|t| t.len() <= TROUBLESHOOTER_MAX),
         field_violations: error
             .field_violations
             .into_iter()
-            .map(|v| FieldViolation::new(v.field, v.description))
+            .take(VIOLATIONS_MAX)
+            .map(|v| {
+                FieldViolation::new(
+                    bound_text(v.field, FIELD_MAX),
+                    bound_text(v.description, DESCRIPTION_MAX),
+                )
+            })
             .collect(),
         missing_scopes: error
             .permission_violations
             .into_iter()
             .map(|v| v.subject)
             .filter(|s| !s.is_empty())
+            .take(VIOLATIONS_MAX)
+            .map(|s| bound_text(s, SCOPE_MAX))
             .collect(),
         ratelimit_limit: answer.ratelimit_limit,
         ratelimit_reset: answer.ratelimit_reset,
@@ -257,6 +320,68 @@ mod tests {
                 other => panic!("{body}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn log_ids_keep_at_most_128_alphanumerics() {
+        assert_eq!(
+            bound_log_id("20240101ABCdef").as_deref(),
+            Some("20240101ABCdef")
+        );
+        assert_eq!(
+            bound_log_id("a-b_c\"d\r\n<é>1").as_deref(),
+            Some("abcd1"),
+            "anything but [A-Za-z0-9] is dropped"
+        );
+        assert_eq!(bound_log_id("-_-"), None);
+        assert_eq!(
+            bound_log_id(&"x".repeat(300_000)).map(|l| l.len()),
+            Some(LOG_ID_MAX)
+        );
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_char_boundary_and_marked() {
+        assert_eq!(bound_text("short".into(), MSG_MAX), "short");
+        for text in ["a".repeat(5000), "飞书".repeat(2000), "é".repeat(1000)] {
+            let cut = bound_text(text.clone(), MSG_MAX);
+            assert!(cut.len() <= MSG_MAX, "{}", cut.len());
+            assert!(cut.len() > MSG_MAX - 8, "{}", cut.len());
+            assert!(cut.ends_with('…'));
+            assert!(text.starts_with(cut.trim_end_matches('…')));
+        }
+    }
+
+    #[test]
+    fn every_string_of_an_error_is_bounded() {
+        let huge = "飞".repeat(100_000);
+        let violation = serde_json::json!({"field": huge, "description": huge});
+        let body = serde_json::json!({
+            "code": 1161001,
+            "msg": huge,
+            "error": {
+                "log_id": format!("{huge}L0g"),
+                "troubleshooter": format!("see https://t/{huge}"),
+                "field_violations": vec![violation; 100],
+                "permission_violations": vec![serde_json::json!({"subject": huge}); 100],
+            }
+        })
+        .to_string();
+        let mut raw = answer(400, &body);
+        raw.log_id = None;
+        let Err(Error::Feishu(f)) = interpret::<Data>("ep", String::new, raw) else {
+            panic!()
+        };
+        assert!(f.msg.len() <= MSG_MAX);
+        assert_eq!(f.log_id.as_deref(), Some("L0g"));
+        assert_eq!(f.troubleshooter, None, "a cut link would mislead");
+        assert_eq!(f.field_violations.len(), VIOLATIONS_MAX);
+        assert!(f
+            .field_violations
+            .iter()
+            .all(|v| v.field.len() <= FIELD_MAX && v.description.len() <= DESCRIPTION_MAX));
+        assert_eq!(f.missing_scopes.len(), VIOLATIONS_MAX);
+        assert!(f.missing_scopes.iter().all(|s| s.len() <= SCOPE_MAX));
     }
 
     /// Property: whatever bytes arrive, `interpret` never panics and is OK only

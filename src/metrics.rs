@@ -31,8 +31,20 @@ pub struct RpcLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub endpoint: &'static str,
-    /// Feishu's `code`, or the fault (`connect`, `timeout`, …) when there was no answer.
+    /// Feishu's `code` if the catalog knows it (`other` if not), or the fault
+    /// (`connect`, `timeout`, `malformed`, …) when there was no usable answer.
     pub feishu_code: Cow<'static, str>,
+}
+
+/// The `feishu_code` label of an answer with Feishu code `code`: the code
+/// itself for `0` and catalogued codes, `other` for any other. Feishu chooses
+/// its codes; a label per code would let it grow the metric without bound.
+pub fn feishu_code_label(code: i64) -> Cow<'static, str> {
+    match code {
+        0 => Cow::Borrowed("0"),
+        code if crate::codes::lookup(code).is_some() => Cow::Owned(code.to_string()),
+        _ => Cow::Borrowed("other"),
+    }
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;

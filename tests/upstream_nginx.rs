@@ -47,7 +47,8 @@ fn json(status: u16, body: &str) -> String {
 }
 
 /// A location answering `ret` (see [`json`], or a bare status for nginx's own
-/// page) with Feishu's log-id header and `headers`.
+/// page) with Feishu's log-id header and `headers`. Log ids are of Feishu's
+/// alphabet, `[A-Za-z0-9]`: the gateway drops anything else.
 fn location(matcher: &str, log_id: &str, headers: &[(&str, &str)], ret: &str) -> String {
     block(matcher, log_id, headers, "", ret)
 }
@@ -87,23 +88,23 @@ fn seed_successes() -> String {
     [
         business(
             &format!("= {WITHDRAW}"),
-            "log-withdraw",
+            "logwithdraw",
             &[],
             &json(200, SUCCESS_TRUE),
         ),
         business(
             &format!("= {RESTORE}"),
-            "log-restore",
+            "logrestore",
             &[],
             &json(200, SUCCESS_TRUE),
         ),
         business(
             &format!("= {REVOKE}"),
-            "log-revoke",
+            "logrevoke",
             &[],
             &json(200, SUCCESS_EMPTY),
         ),
-        business(CANCEL, "log-cancel", &[], &json(200, SUCCESS_EMPTY)),
+        business(CANCEL, "logcancel", &[], &json(200, SUCCESS_EMPTY)),
     ]
     .concat()
 }
@@ -181,7 +182,7 @@ async fn the_four_rpcs_succeed_over_one_kept_alive_http1_connection() {
         .withdraw_onboarding(withdraw())
         .await
         .expect("withdraw");
-    assert_eq!(log_id(&r), "log-withdraw");
+    assert_eq!(log_id(&r), "logwithdraw");
     assert!(r.into_inner().success);
     let r = pre_hire
         .restore_flow_instance(timed(
@@ -193,7 +194,7 @@ async fn the_four_rpcs_succeed_over_one_kept_alive_http1_connection() {
         ))
         .await
         .expect("restore");
-    assert_eq!(log_id(&r), "log-restore");
+    assert_eq!(log_id(&r), "logrestore");
     assert!(r.into_inner().success);
     let r = OffboardingServiceClient::new(channel.clone())
         .revoke(timed(
@@ -206,7 +207,7 @@ async fn the_four_rpcs_succeed_over_one_kept_alive_http1_connection() {
         ))
         .await
         .expect("revoke");
-    assert_eq!(log_id(&r), "log-revoke");
+    assert_eq!(log_id(&r), "logrevoke");
     let r = ApplicationServiceClient::new(channel.clone())
         .cancel_onboard(timed(
             CancelOnboardRequest {
@@ -219,7 +220,7 @@ async fn the_four_rpcs_succeed_over_one_kept_alive_http1_connection() {
         ))
         .await
         .expect("cancel onboard");
-    assert_eq!(log_id(&r), "log-cancel");
+    assert_eq!(log_id(&r), "logcancel");
     pre_hire
         .withdraw_onboarding(withdraw())
         .await
@@ -269,7 +270,7 @@ async fn a_token_error_fails_the_call_and_no_business_request_is_sent() {
     let n = plain(&[
         location(
             &format!("= {TOKEN}"),
-            "log-token-10014",
+            "logtoken10014",
             &[],
             &json(200, r#"{"code":10014,"msg":"app secret invalid"}"#),
         ),
@@ -290,7 +291,7 @@ async fn a_token_error_fails_the_call_and_no_business_request_is_sent() {
         info.metadata["endpoint"],
         "auth.v3.tenant_access_token.internal"
     );
-    assert_eq!(info.metadata["logId"], "log-token-10014");
+    assert_eq!(info.metadata["logId"], "logtoken10014");
     assert!(!n.requests_to(TOKEN).is_empty());
     assert_eq!(
         business_requests(&n),
@@ -302,7 +303,7 @@ async fn a_token_error_fails_the_call_and_no_business_request_is_sent() {
 #[tokio::test]
 async fn a_token_endpoint_outage_says_nothing_was_sent() {
     let n = plain(&[
-        location(&format!("= {TOKEN}"), "log-token-502", &[], "502"),
+        location(&format!("= {TOKEN}"), "logtoken502", &[], "502"),
         seed_successes(),
     ]);
     let (_gw, channel) = gateway(n.http_origin(), |_| {}).await;
@@ -329,15 +330,15 @@ async fn a_token_endpoint_outage_says_nothing_was_sent() {
 
 #[tokio::test]
 async fn a_business_error_keeps_every_detail_feishu_sent() {
-    let troubleshooter = "排查建议查看(Troubleshooting suggestions): https://open.feishu.cn/search?from=openapi&log_id=log-1161129&code=1161129&method_id=7345";
+    let troubleshooter = "排查建议查看(Troubleshooting suggestions): https://open.feishu.cn/search?from=openapi&log_id=log1161129&code=1161129&method_id=7345";
     let body = format!(
-        r#"{{"code":1161129,"msg":"Unable to submit this task as pre-hire is in the 「已入职」 stage.","error":{{"log_id":"log-1161129","troubleshooter":"{troubleshooter}","field_violations":[{{"field":"pre_hire_id","description":"pre-hire already onboarded"}}]}}}}"#
+        r#"{{"code":1161129,"msg":"Unable to submit this task as pre-hire is in the 「已入职」 stage.","error":{{"log_id":"log1161129","troubleshooter":"{troubleshooter}","field_violations":[{{"field":"pre_hire_id","description":"pre-hire already onboarded"}}]}}}}"#
     );
     let n = plain(&[
         token_ok(),
         business(
             &format!("= {WITHDRAW}"),
-            "log-1161129",
+            "log1161129",
             &[],
             &json(400, &body),
         ),
@@ -354,22 +355,22 @@ async fn a_business_error_keeps_every_detail_feishu_sent() {
     assert_eq!(info.domain, "open.feishu.cn");
     assert_eq!(info.metadata["feishuCode"], "1161129");
     assert_eq!(info.metadata["httpStatus"], "400");
-    assert_eq!(info.metadata["logId"], "log-1161129");
+    assert_eq!(info.metadata["logId"], "log1161129");
     assert!(info.metadata["feishuMsg"].contains("「已入职」"));
     assert_eq!(
         status
             .metadata()
             .get("x-tt-logid")
             .and_then(|v| v.to_str().ok()),
-        Some("log-1161129")
+        Some("log1161129")
     );
     assert_eq!(
         d.help().expect("Help").links[0].url,
-        "https://open.feishu.cn/search?from=openapi&log_id=log-1161129&code=1161129&method_id=7345"
+        "https://open.feishu.cn/search?from=openapi&log_id=log1161129&code=1161129&method_id=7345"
     );
     assert_eq!(
         d.request_info().expect("RequestInfo").request_id,
-        "log-1161129"
+        "log1161129"
     );
     let p = &d
         .precondition_failure()
@@ -393,7 +394,7 @@ async fn a_429_gives_feishus_reset_and_is_not_retried_within_a_short_deadline() 
         token_ok(),
         business(
             CANCEL,
-            "log-429",
+            "log429",
             &[
                 ("x-ogw-ratelimit-limit", "10"),
                 ("x-ogw-ratelimit-reset", "7"),
@@ -450,7 +451,7 @@ async fn a_502_page_on_a_write_is_unavailable_and_sent_once() {
     // nginx's own "502 Bad Gateway" HTML page, as a proxy in front of Feishu sends it.
     let n = plain(&[
         token_ok(),
-        business(&format!("= {WITHDRAW}"), "log-502", &[], "502"),
+        business(&format!("= {WITHDRAW}"), "log502", &[], "502"),
     ]);
     let (_gw, channel) = gateway(n.http_origin(), |_| {}).await;
     // No deadline: only the gateway's rule can stop a repeat.
@@ -463,7 +464,7 @@ async fn a_502_page_on_a_write_is_unavailable_and_sent_once() {
     assert_eq!(info.reason, "UPSTREAM_UNAVAILABLE");
     assert_eq!(info.metadata["mayHaveRun"], "true");
     assert_eq!(info.metadata["httpStatus"], "502");
-    assert_eq!(info.metadata["logId"], "log-502");
+    assert_eq!(info.metadata["logId"], "log502");
     let sent = n.requests_to(WITHDRAW);
     assert_eq!(
         sent.len(),

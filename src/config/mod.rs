@@ -50,6 +50,11 @@ pub struct FeishuSettings {
     /// Extra root certificates (PEM) trusted for Feishu's TLS, besides the
     /// system's (`FEISHU_CA_FILE`): an egress proxy that re-signs, or a test upstream.
     pub ca_file: Option<PathBuf>,
+    /// Largest answer body read from Feishu, in bytes (`FEISHU_MAX_RESPONSE_BYTES`).
+    /// Feishu's answers are a few KiB; without a bound, one huge (or endless)
+    /// body would be buffered whole, in every call that meets it, and its
+    /// strings carried on into statuses and logs.
+    pub max_response_bytes: usize,
     /// More apps, selected by callers with `x-feishu-app` metadata (TOML only).
     pub apps: Vec<AppSettings>,
 }
@@ -101,6 +106,7 @@ impl Default for FeishuSettings {
             connect_timeout_ms: 2_000,
             http2_prior_knowledge: false,
             ca_file: None,
+            max_response_bytes: 1024 * 1024,
             apps: Vec::new(),
         }
     }
@@ -224,6 +230,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "feishu.http2_prior_knowledge",
     ),
     ("FEISHU_CA_FILE", "feishu.ca_file"),
+    ("FEISHU_MAX_RESPONSE_BYTES", "feishu.max_response_bytes"),
     ("GATEWAY_LISTEN", "gateway.listen"),
     ("GATEWAY_ADMIN_LISTEN", "gateway.admin_listen"),
     ("GATEWAY_MAX_REQUEST_BYTES", "gateway.max_request_bytes"),
@@ -396,7 +403,10 @@ impl Settings {
                 "GATEWAY_IDEMPOTENCY_TTL_SECS must be greater than zero".into(),
             ));
         }
-        if self.feishu.request_timeout_ms == 0 || self.gateway.max_request_bytes == 0 {
+        if self.feishu.request_timeout_ms == 0
+            || self.gateway.max_request_bytes == 0
+            || self.feishu.max_response_bytes == 0
+        {
             return Err(ConfigError(
                 "timeouts and size limits must be greater than zero".into(),
             ));

@@ -294,9 +294,11 @@ impl Gateway {
                 Err(_) => -1,
             };
             span.record("feishu.code", code);
-            let label = match code {
-                0 => Cow::Borrowed("0"),
-                code => Cow::Owned(code.to_string()),
+            // Only catalogued codes and fault kinds: Feishu must not be able
+            // to grow the metric's label set with codes of its choosing.
+            let label = match &answer {
+                Err(Error::Upstream(fault)) => Cow::Borrowed(fault.kind.label()),
+                _ => crate::metrics::feishu_code_label(code),
             };
             self.metrics.upstream(endpoint.name, label, took);
             match answer {

@@ -254,6 +254,15 @@ fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
             format!("Feishu answered {}. {en_note}", u.detail),
             format!("飞书返回了服务错误页面。{zh_note}"),
         ),
+        (FaultKind::TooLarge, _) => (
+            Code::Internal,
+            "UPSTREAM_RESPONSE_TOO_LARGE",
+            format!(
+                "Feishu's answer was too large to read: {}. {en_note}",
+                u.detail
+            ),
+            format!("飞书的响应过大，网关未读取。{zh_note}"),
+        ),
         (FaultKind::Malformed, _) => (
             Code::Internal,
             "UPSTREAM_MALFORMED_RESPONSE",

@@ -114,6 +114,9 @@ impl Token {
     }
 }
 
+/// The longest life a grant is given, whatever its `expire` says (Feishu's tokens live 2 h).
+pub(super) const MAX_EXPIRE: Duration = Duration::from_secs(2 * 60 * 60);
+
 /// Checks a grant (token and `expire`, the time it has LEFT) and schedules its life from `sent_at`.
 pub(super) fn lease(
     endpoint: &'static str,
@@ -127,7 +130,11 @@ pub(super) fn lease(
     let expire = expire
         .filter(|e| *e > 0)
         .ok_or_else(|| malformed(endpoint, "code 0 without a positive `expire`"))?;
-    let schedule = Schedule::new(sent_at, Duration::from_secs(expire.unsigned_abs()));
+    // Feishu's tokens live 2 hours at most. A larger `expire` is not to be
+    // believed (and `sent_at` plus i64::MAX seconds overflows an Instant):
+    // the token is used as if it had 2 hours, and then fetched again.
+    let expire = Duration::from_secs(expire.unsigned_abs()).min(MAX_EXPIRE);
+    let schedule = Schedule::new(sent_at, expire);
     Ok((token, schedule))
 }
 
@@ -142,4 +149,22 @@ fn malformed(endpoint: &'static str, detail: &str) -> Error {
         )
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absurd_expire_is_clamped_to_two_hours() {
+        let sent_at = Instant::now();
+        for expire in [i64::MAX, 10_000_000_000, 7201] {
+            let token = Some(SecretString::from("t-1".to_owned()));
+            let (_, schedule) = lease("ep", token, Some(expire), sent_at).expect("a grant");
+            assert_eq!(schedule.expires_at - sent_at, MAX_EXPIRE, "{expire}");
+        }
+        let token = Some(SecretString::from("t-1".to_owned()));
+        let (_, schedule) = lease("ep", token, Some(1800), sent_at).expect("a grant");
+        assert_eq!(schedule.expires_at - sent_at, Duration::from_secs(1800));
+    }
 }

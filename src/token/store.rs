@@ -24,7 +24,10 @@ use super::{
     lifetime::Schedule,
     record_outcome, App, RequestKind, Token, TokenManager,
 };
-use crate::{catalog::Endpoint, error::Error};
+use crate::{
+    catalog::Endpoint,
+    error::{Error, FaultKind, Sent, UpstreamFault},
+};
 
 /// Feishu's code for an app_access_token it does not accept.
 pub(crate) const APP_TOKEN_INVALID: i64 = 99_991_664;
@@ -245,7 +248,8 @@ impl TokenManager {
     /// The app's app_access_token, through its own single flight.
     async fn app_token(&self, name: &Arc<str>, store: &StoreState) -> Result<Arc<AppToken>, Error> {
         // The ticket wait inside the fetch is bounded by max_wait; allow it to report first.
-        let deadline = Instant::now() + self.inner.max_wait + Duration::from_secs(1);
+        let wait = self.inner.max_wait + Duration::from_secs(1);
+        let deadline = Instant::now() + wait;
         let start = |ahead: bool| {
             if ahead {
                 self.inner.stats.refresh_ahead(name);
@@ -263,7 +267,18 @@ impl TokenManager {
         match store.app_token.get(deadline, start).await {
             Ok(token) => Ok(token),
             Err(WaitError::Failed(e)) => Err(e),
-            Err(WaitError::TimedOut) => Err(ticket_missing(name)),
+            // Out of time with no ticket: the wait was for the push.
+            Err(WaitError::TimedOut) if !store.has_ticket() => Err(ticket_missing(name)),
+            // With a ticket, the app_access_token request itself is slow: a
+            // timeout of Feishu's token endpoint (the request goes on, and its
+            // token serves the next calls), not a ticket to deliver.
+            Err(WaitError::TimedOut) => Err(UpstreamFault::new(
+                APP_ACCESS_TOKEN.name,
+                FaultKind::Timeout,
+                Sent::Maybe,
+                format!("no app_access_token within {wait:?}"),
+            )
+            .into()),
         }
     }
 

@@ -13,14 +13,14 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::latency::{self, Estimator};
 use crate::{
     error::{FaultKind, Sent, UpstreamFault},
-    feishu::RawAnswer,
+    feishu::{self, RawAnswer},
 };
 
 /// Feishu's request id header, returned to callers in response metadata.
@@ -50,6 +50,8 @@ pub struct Upstream {
     /// Feishu's origin, parsed once: each call only sets its path and query.
     base_url: reqwest::Url,
     timeout: Duration,
+    /// Bytes of an answer body read at most (see [`UpstreamOptions::max_response_bytes`]).
+    max_response_bytes: usize,
     /// Per endpoint: how long an exchange takes (see [`Upstream::estimate`]).
     latency: Arc<Mutex<HashMap<&'static str, Estimator>>>,
 }
@@ -66,6 +68,9 @@ pub struct UpstreamOptions {
     pub http2_prior_knowledge: bool,
     /// PEM root certificates trusted besides the system's.
     pub extra_roots_pem: Option<Vec<u8>>,
+    /// Largest answer body read. The body is read as it arrives and dropped
+    /// at this bound, so a huge answer costs this much memory, never its size.
+    pub max_response_bytes: usize,
 }
 
 impl Upstream {
@@ -106,6 +111,7 @@ impl Upstream {
             client,
             base_url: base,
             timeout: opts.timeout,
+            max_response_bytes: opts.max_response_bytes,
             latency: Arc::default(),
         })
     }
@@ -119,9 +125,15 @@ impl Upstream {
     /// far (the token request comes first), which knows at least the network.
     pub fn estimate(&self, endpoint: &str) -> Duration {
         let map = lock(&self.latency);
-        map.get(endpoint)
-            .or_else(|| map.get(ANY))
-            .map_or(latency::COLD, Estimator::estimate)
+        match map.get(endpoint) {
+            Some(own) => own.estimate(),
+            // Borrowed, at most the cold default: one slow token request must
+            // not refuse every call with a short deadline, since only calls
+            // that are sent teach the endpoint's own estimate.
+            None => map
+                .get(ANY)
+                .map_or(latency::COLD, |any| any.estimate().min(latency::COLD)),
+        }
     }
 
     fn observe(&self, endpoint: &'static str, took: Duration) {
@@ -171,25 +183,40 @@ impl Upstream {
         if let Some(bearer) = req.bearer {
             builder = builder.header(http::header::AUTHORIZATION, bearer.clone());
         }
+        let max = self.max_response_bytes;
         let exchange = async {
-            let response = builder.send().await?;
+            let mut response = builder.send().await?;
             let status = response.status().as_u16();
             let headers = response.headers();
-            let log_id = header_str(headers, LOG_ID_HEADER).map(str::to_owned);
+            let log_id = header_str(headers, LOG_ID_HEADER).and_then(feishu::bound_log_id);
             let ratelimit_limit =
                 header_str(headers, "x-ogw-ratelimit-limit").and_then(|v| v.trim().parse().ok());
             let ratelimit_reset = header_str(headers, "x-ogw-ratelimit-reset")
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
                 .map(Duration::from_secs_f64);
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>(RawAnswer {
+            // With a Content-Length (and no decoding), the body's exact size.
+            let declared = response.content_length();
+            // A declared length over the bound is refused before a byte of it is read.
+            let body = if declared.is_some_and(|n| n > max as u64) {
+                None
+            } else {
+                read_body(&mut response, declared, max).await?
+            };
+            let Some(body) = body else {
+                return Ok(Read::TooLarge {
+                    status,
+                    log_id,
+                    declared,
+                });
+            };
+            Ok::<_, reqwest::Error>(Read::Answer(RawAnswer {
                 status,
                 log_id,
                 ratelimit_limit,
                 ratelimit_reset,
                 body,
-            })
+            }))
         };
         let fault = |kind, sent, detail| UpstreamFault::new(req.endpoint, kind, sent, detail);
         match tokio::time::timeout(budget, exchange).await {
@@ -214,12 +241,84 @@ impl Upstream {
                 let (kind, sent, detail) = classify::classify(&e);
                 Err(fault(kind, sent, detail))
             }
-            Ok(Ok(answer)) => {
+            Ok(Ok(Read::Answer(answer))) => {
                 self.observe(req.endpoint, now.elapsed());
                 Ok(answer)
             }
+            Ok(Ok(Read::TooLarge {
+                status,
+                log_id,
+                declared,
+            })) => {
+                // Feishu did answer (the rest of the body is dropped with the
+                // connection): a real sample of its latency.
+                self.observe(req.endpoint, now.elapsed());
+                let size = match declared {
+                    Some(n) => format!("{n} bytes (Content-Length)"),
+                    None => format!("more than {max} bytes"),
+                };
+                Err(UpstreamFault {
+                    http_status: Some(status),
+                    log_id,
+                    ..fault(
+                        FaultKind::TooLarge,
+                        // Feishu answered, so the request reached it: it may have run.
+                        Sent::Maybe,
+                        format!(
+                            "HTTP {status} with a body of {size}, over the limit of {max} bytes (FEISHU_MAX_RESPONSE_BYTES)"
+                        ),
+                    )
+                })
+            }
         }
     }
+}
+
+/// What reading an answer gave.
+enum Read {
+    Answer(RawAnswer),
+    /// The body is over the bound: declared so, or seen so while reading.
+    TooLarge {
+        status: u16,
+        log_id: Option<String>,
+        /// The `Content-Length`, if the answer declared one (then nothing was read).
+        declared: Option<u64>,
+    },
+}
+
+/// Reads the body as it arrives, up to `max` bytes; `None` as soon as it
+/// proves longer (the rest is never read: dropping the response closes the
+/// HTTP/1.1 connection, or resets the HTTP/2 stream).
+async fn read_body(
+    response: &mut reqwest::Response,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    // Most answers are one chunk: kept as it is, copied only when a second comes.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(chunk) = response.chunk().await? {
+        len = len.saturating_add(chunk.len());
+        if len > max {
+            return Ok(None);
+        }
+        match (&mut joined, first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&chunk),
+            (None, None) => first = Some(chunk),
+            (None, Some(head)) => {
+                let size = declared.and_then(|n| usize::try_from(n).ok());
+                let mut buf = BytesMut::with_capacity(size.unwrap_or(len).max(len));
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&chunk);
+                joined = Some(buf);
+            }
+        }
+    }
+    Ok(Some(match joined {
+        Some(buf) => buf.freeze(),
+        None => first.unwrap_or_default(),
+    }))
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
