@@ -24,11 +24,13 @@ use std::{
 
 use feishu_gateway::{
     app::{self, Running},
-    config::{AppCredentials, AppKind, Settings, DEFAULT_APP},
+    config::{AppCredentials, AppKind, EventSecrets, Settings, DEFAULT_APP},
     pb::feishu::corehr::v2::{
         pre_hire_service_client::PreHireServiceClient, WithdrawOnboardingRequest,
     },
-    sandbox::{Endpoint, Fault, FaultKind, FaultTarget, PreHire, Sandbox, SandboxConfig, StoreApp},
+    sandbox::{
+        events, Endpoint, Fault, FaultKind, FaultTarget, PreHire, Sandbox, SandboxConfig, StoreApp,
+    },
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -47,6 +49,8 @@ const MIB: usize = 1024 * 1024;
 
 const STORE_APP: &str = "isv";
 const STORE_APP_ID: &str = "cli_store00000001";
+/// The store app's Verification Token: pushes carry it, as Feishu's do.
+const STORE_TOKEN: &str = "store-verification-token";
 const STORE_SECRET: &str = "store-app-secret-value";
 const TENANT: &str = "2ed263bf32cf1651";
 
@@ -298,6 +302,10 @@ async fn gateway(base_url: String, tweak: impl FnOnce(&mut Settings)) -> Running
     tweak(&mut settings);
     let store = AppCredentials {
         kind: AppKind::Store,
+        events: EventSecrets {
+            verification_token: Some(STORE_TOKEN.into()),
+            encrypt_key: None,
+        },
         ..AppCredentials::self_built(STORE_APP_ID, STORE_SECRET)
     };
     app::start(
@@ -409,12 +417,20 @@ async fn deliver_ticket(gw: &Running, ticket: &str) {
         .build()
         .expect("client")
         .post(format!("http://{}/admin/app_ticket", gw.admin_addr))
-        .body(serde_json::json!({"app_id": STORE_APP_ID, "app_ticket": ticket}).to_string())
+        .header("content-type", "application/json")
+        .body(
+            events::push(
+                &events::app_ticket_v1(STORE_APP_ID, ticket, STORE_TOKEN),
+                None,
+                0,
+            )
+            .body,
+        )
         .send()
         .await
         .expect("admin answers")
         .status();
-    assert_eq!(status, 204);
+    assert_eq!(status, 200);
 }
 
 // ------------------------------------------------------------ body size
