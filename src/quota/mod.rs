@@ -347,7 +347,7 @@ impl Limiter {
     /// leaves the slot taken: that only throttles a little more, never less.
     async fn give_back(&self, key: &QuotaKey, t: Instant, slot: Slot) {
         match slot {
-            Slot::Local(log) => lock(&log).release(t),
+            Slot::Local(log) => lock(&log).release(t, None),
             Slot::Shared {
                 redis,
                 windows,
@@ -385,12 +385,15 @@ impl Limiter {
             .fetch_add(1, Ordering::Relaxed);
         // Without a reset header, one second (Feishu's shortest window) is the pause.
         let pause = reset.unwrap_or(Duration::from_secs(1));
+        // A limit below 1 is none Feishu could mean: adopting it locked the endpoint.
+        let limit = limit.filter(|&l| l >= 1);
         {
             let log = self.log(key, endpoint);
             let mut log = lock(&log);
             log.pause_until(Instant::now() + pause);
             if let Some(limit) = limit {
-                log.lower_limit(limit);
+                // Ignored below 1; lapses ten minutes after Feishu last said it.
+                log.lower_limit(limit, Instant::now());
             }
         }
         if let Some(redis) = self.redis() {
@@ -477,7 +480,7 @@ impl Drop for Held<'_> {
         let stats = &self.limiter.inner.stats;
         stats.abandoned.fetch_add(1, Ordering::Relaxed);
         match slot {
-            Slot::Local(log) => lock(&log).release(self.t),
+            Slot::Local(log) => lock(&log).release(self.t, None),
             shared => {
                 // Redis is a round trip away: off the path of whoever dropped us.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
