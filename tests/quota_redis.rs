@@ -16,6 +16,7 @@ use feishu_gateway::{
     catalog::{Endpoint, Window, CANCEL_ONBOARD},
     error::Throttled,
     quota::{
+        anonymous,
         redis::{RedisQuota, RedisQuotaError},
         sliding_log::margin,
         LimitTable, Limiter, QuotaKey,
@@ -432,12 +433,16 @@ async fn second_caller_waiting(
 ) -> tokio::task::JoinHandle<Result<(), Throttled>> {
     let k = key(endpoint.name);
     limiter
-        .acquire(&k, endpoint, None, Duration::ZERO)
+        .acquire(&k, anonymous(), endpoint, None, Duration::ZERO)
         .await
         .unwrap();
     let second = tokio::spawn({
         let limiter = limiter.clone();
-        async move { limiter.acquire(&k, endpoint, None, Duration::ZERO).await }
+        async move {
+            limiter
+                .acquire(&k, anonymous(), endpoint, None, Duration::ZERO)
+                .await
+        }
     });
     while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(ms(1)).await;

@@ -89,7 +89,7 @@ impl Services {
             );
         }
 
-        let (ctx, locale) = context::read(request.metadata());
+        let (ctx, locale) = context::read(request.metadata(), request.extensions());
         let deadline = ctx.deadline;
         let commit = ctx.commit.clone();
         let message = request.into_inner();
