@@ -47,17 +47,25 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// Ready unless draining. Redis is a soft dependency and stays out of it:
+/// when Redis is down it is down for every replica, and a readiness that
+/// failed with it took the whole fleet out of service and kept it out
+/// (no calls reach a pod that is not ready). A replica without Redis serves
+/// on its share of each limit; the body says so, as information.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if state.gateway.limiter().degraded() == Some(true) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "redis unreachable: throttling on this replica's local share of each limit\n",
-        )
-    } else {
-        (StatusCode::OK, "ready\n")
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
     }
+    let limiter = state.gateway.limiter();
+    let body = match limiter.degraded() {
+        None => "ready\n".to_owned(),
+        Some(false) => "ready\nquota: shared through Redis\n".to_owned(),
+        Some(true) => format!(
+            "ready\nquota: degraded: Redis unreachable, throttling on this replica's share (1/{}) of each limit\n",
+            limiter.replicas()
+        ),
+    };
+    (StatusCode::OK, body)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

@@ -328,11 +328,17 @@ impl Collector for Components {
             "Failed calls to the shared quota in Redis",
             get(&q.redis_errors),
         )?;
+        counter(
+            &mut encoder,
+            "quota_redis_key_errors",
+            "Errors Redis answered for one quota key (e.g. WRONGTYPE): that key used the local share",
+            get(&q.redis_key_errors),
+        )?;
         if let Some(degraded) = self.limiter.degraded() {
             let g = ConstGauge::new(i64::from(degraded));
             g.encode(encoder.encode_descriptor(
                 "quota_degraded",
-                "1 while Redis is unreachable and the local share throttles",
+                "1 while Redis is not in use (unreachable, or not yet back) and the local share throttles",
                 None,
                 g.metric_type(),
             )?)?;

@@ -16,6 +16,7 @@ use feishu_gateway::{
     catalog::{Endpoint, Window, CANCEL_ONBOARD},
     error::Throttled,
     quota::{
+        anonymous,
         redis::{RedisQuota, RedisQuotaError},
         sliding_log::margin,
         LimitTable, Limiter, QuotaKey,
@@ -432,12 +433,16 @@ async fn second_caller_waiting(
 ) -> tokio::task::JoinHandle<Result<(), Throttled>> {
     let k = key(endpoint.name);
     limiter
-        .acquire(&k, endpoint, None, Duration::ZERO)
+        .acquire(&k, anonymous(), endpoint, None, Duration::ZERO)
         .await
         .unwrap();
     let second = tokio::spawn({
         let limiter = limiter.clone();
-        async move { limiter.acquire(&k, endpoint, None, Duration::ZERO).await }
+        async move {
+            limiter
+                .acquire(&k, anonymous(), endpoint, None, Duration::ZERO)
+                .await
+        }
     });
     while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(ms(1)).await;
@@ -578,4 +583,53 @@ async fn keys_expire_and_never_mix_and_errors_hide_the_password() {
             assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
         }
     }
+}
+
+/// Slots given back at the end of the queue take the tail with them: the
+/// next caller queues after the slots still held, not after the ones that
+/// left (50 cancelled waiters left "retry in 3.4s" behind them).
+#[tokio::test]
+async fn slots_given_back_at_the_tail_move_the_tail_back() {
+    let server = Server::start();
+    let quotas = replicas(&server, 2).await;
+    let windows = [Window::per_second(1)];
+    let k = key("test.tail");
+    let far = Duration::from_secs(10);
+    let mut slots = Vec::new();
+    for i in 0..4 {
+        slots.push(
+            quotas[i % 2]
+                .reserve(&k, &windows, far, 10)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let span = ms(1000) + margin(ms(1000));
+    assert!(slots[3].wait > 3 * span - ms(100), "{slots:?}");
+    // The last two leave: the next slot is the third one's, about 2 s away.
+    for slot in &slots[2..] {
+        quotas[1].release(&k, &windows, slot).await.unwrap();
+    }
+    let next = quotas[0]
+        .reserve(&k, &windows, far, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        next.wait <= 2 * span && next.wait > 2 * span - ms(100),
+        "{next:?}"
+    );
+    // Every slot goes back but the first: the queue is empty again.
+    quotas[0].release(&k, &windows, &next).await.unwrap();
+    quotas[0].release(&k, &windows, &slots[1]).await.unwrap();
+    let again = quotas[1]
+        .reserve(&k, &windows, far, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        again.wait <= span && again.wait > span - ms(100),
+        "{again:?}"
+    );
 }

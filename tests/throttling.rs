@@ -94,9 +94,14 @@ async fn overload(
                         .error_info()
                         .map(|i| i.reason.clone())
                         .unwrap_or_default();
-                    // The gateway's own refusal, or Feishu's when it turned out stricter.
+                    // The gateway's own refusal (no slot before the deadline, or
+                    // this caller already holds its fair share of the queue), or
+                    // Feishu's when it turned out stricter.
                     assert!(
-                        reason == "QUOTA_EXHAUSTED" || reason == "RATE_LIMITED",
+                        matches!(
+                            reason.as_str(),
+                            "QUOTA_EXHAUSTED" | "QUOTA_QUEUE_FULL" | "RATE_LIMITED"
+                        ),
                         "{s:?}"
                     );
                     refused.fetch_add(1, Ordering::Relaxed)
@@ -304,12 +309,14 @@ fn shared(redis: &RedisServer, replicas: u32) -> impl FnOnce(&mut Settings) {
     }
 }
 
+/// Until `/readyz` says the quota is shared (it is ready either way).
 async fn wait_until_shared(admin: std::net::SocketAddr) {
-    for _ in 0..100 {
+    for _ in 0..250 {
         let ready = reqwest::get(format!("http://{admin}/readyz"))
             .await
             .unwrap();
-        if ready.status().is_success() {
+        assert!(ready.status().is_success());
+        if ready.text().await.unwrap().contains("shared through Redis") {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -395,11 +402,16 @@ async fn without_redis_each_replica_keeps_to_its_share_and_says_so() {
     assert_eq!(h.sandbox.rate_limited(Endpoint::CancelOnboard), 0);
 
     let admin = h.gateway.admin_addr;
+    // Still ready: Redis is a soft dependency, and the body says how it serves.
     let ready = reqwest::get(format!("http://{admin}/readyz"))
         .await
         .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
-    assert!(ready.text().await.unwrap().contains("redis unreachable"));
+    assert_eq!(ready.status().as_u16(), 200);
+    assert!(ready
+        .text()
+        .await
+        .unwrap()
+        .contains("degraded: Redis unreachable"));
     let metrics = h.metrics().await;
     assert!(
         metrics.contains("feishu_gateway_quota_degraded 1"),

@@ -18,7 +18,7 @@ use crate::{
     error::{Error, FieldViolation},
     feishu,
     metrics::Metrics,
-    quota::{Limiter, QuotaKey},
+    quota::{self, Limiter, QuotaKey},
     token::TokenManager,
     upstream::{Outgoing, Upstream},
 };
@@ -76,6 +76,9 @@ pub struct CallContext {
     pub app: Option<String>,
     /// Tenant of a store app (`x-feishu-tenant-key`).
     pub tenant: Option<String>,
+    /// The configured caller that authenticated, if any: its fair share of
+    /// each quota queue (calls from no configured caller share one).
+    pub caller: Option<Arc<str>>,
     /// Whether the write has started; shared with whoever may cancel the call.
     pub commit: Commit,
 }
@@ -230,8 +233,9 @@ impl Gateway {
             // The slot must leave room for the answer to come back before the
             // caller's deadline; the limiter checks it again on every wake-up.
             let need = self.upstream.estimate(endpoint.name);
+            let caller = ctx.caller.as_ref().unwrap_or(quota::anonymous());
             self.limiter
-                .acquire(&quota_key, endpoint, ctx.deadline, need)
+                .acquire(&quota_key, caller, endpoint, ctx.deadline, need)
                 .await?;
             if !ctx.commit.begin_send() {
                 return Err(Error::Cancelled {

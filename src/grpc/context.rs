@@ -1,10 +1,11 @@
 //! Reads what a caller says in request metadata: its deadline
-//! (`grpc-timeout`), the app and tenant to act as, and its language.
+//! (`grpc-timeout`), the app and tenant to act as, and its language; and
+//! who it is, as the auth layer found (request extensions).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
+use tonic::{metadata::MetadataMap, Extensions};
 
 use crate::gateway::CallContext;
 
@@ -58,8 +59,9 @@ impl Locale {
     }
 }
 
-/// Everything the gateway needs from the caller's metadata.
-pub fn read(metadata: &MetadataMap) -> (CallContext, Locale) {
+/// Everything the gateway needs from the caller's metadata, and the
+/// configured caller the auth layer identified (none: anonymous).
+pub fn read(metadata: &MetadataMap, extensions: &Extensions) -> (CallContext, Locale) {
     let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
     let now = Instant::now();
     let timeout = text("grpc-timeout").and_then(parse_grpc_timeout);
@@ -71,6 +73,9 @@ pub fn read(metadata: &MetadataMap) -> (CallContext, Locale) {
         answer_by: timeout.map(|d| now + d - reply_margin(d) / 5),
         app: text(APP_HEADER).map(str::to_owned),
         tenant: text(TENANT_HEADER).map(str::to_owned),
+        caller: extensions
+            .get::<super::CallerIdentity>()
+            .map(|c| c.0.clone()),
         commit: Default::default(),
     };
     (ctx, Locale::from_accept_language(text("accept-language")))

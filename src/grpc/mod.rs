@@ -113,7 +113,7 @@ impl Services {
             );
         }
 
-        let (ctx, locale) = context::read(request.metadata());
+        let (ctx, locale) = context::read(request.metadata(), request.extensions());
         let key = idempotent::key(request.metadata(), locale);
         let deadline = ctx.answer_by;
         let commit = ctx.commit.clone();

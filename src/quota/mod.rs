@@ -1,16 +1,22 @@
 //! The quota limiter: no call leaves the process without a slot.
 //!
 //! Each (app, tenant, endpoint) has its own sliding-window log
-//! ([`sliding_log`]). A call reserves the earliest slot its deadline allows
-//! and sleeps until then, in arrival order; a call whose deadline comes
-//! first is refused at once with the exact wait.
+//! ([`sliding_log`]). A call reserves the earliest slot its deadline allows,
+//! and never one further than the configured maximum wait, and sleeps until
+//! then, in arrival order; a call whose deadline comes first is refused at
+//! once with the exact wait. Each caller (the configured caller's name, or
+//! [`anonymous`]) may hold at most a fair share of a key's queue
+//! ([`sliding_log::fair_share`]).
 //!
 //! With Redis configured, the log lives in Redis and every replica reserves
-//! from it with one atomic script ([`redis`]). When Redis cannot be reached,
-//! each replica falls back to an in-process log holding its share of the
-//! limit (limit / replicas) — throttled more tightly, never unthrottled —
-//! and tries Redis again a moment later.
+//! from it with one atomic script ([`redis`]). Redis is a soft dependency
+//! ([`failover`]): when it cannot be reached, each replica throttles on an
+//! in-process log holding its share of the limit (limit / replicas) —
+//! more tightly, never unthrottled — and a background probe decides when to
+//! use Redis again; calls never wait for it.
 
+mod admission;
+mod failover;
 pub mod redis;
 pub mod sliding_log;
 
@@ -18,7 +24,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, LazyLock, Mutex,
     },
     time::Duration,
 };
@@ -31,11 +37,8 @@ use crate::{
     error::Throttled,
     latency::Estimator,
 };
-use redis::RedisQuota;
+use admission::Held;
 use sliding_log::{Refusal, SlidingLog};
-
-/// How long a replica keeps to its local share after Redis failed before trying Redis again.
-const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Which quota a call spends.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +46,13 @@ pub struct QuotaKey {
     pub app: Arc<str>,
     pub tenant: Option<Arc<str>>,
     pub endpoint: &'static str,
+}
+
+/// The caller that calls from no configured caller count as, together: a
+/// caller cannot mint fair shares by connecting from somewhere else.
+pub fn anonymous() -> &'static Arc<str> {
+    static ANONYMOUS: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("anonymous"));
+    &ANONYMOUS
 }
 
 /// Counters for the operations layer.
@@ -57,10 +67,13 @@ pub struct QuotaStats {
     pub late_wakeups: AtomicU64,
     /// Slots given back because their caller went away before using them.
     pub abandoned: AtomicU64,
-    /// Reservations made from the local share because Redis was unreachable.
+    /// Reservations made from the local share because Redis was not in use.
     pub fallback_admitted: AtomicU64,
-    /// Redis calls that failed.
+    /// Redis calls that failed (unreachable, timed out, or a script error).
     pub redis_errors: AtomicU64,
+    /// Of those, errors Redis answered for one key (e.g. WRONGTYPE): that key
+    /// alone fell back to the local share.
+    pub redis_key_errors: AtomicU64,
 }
 
 /// The limits in force: documented ones, overridden by configuration.
@@ -96,23 +109,26 @@ pub struct Limiter {
 
 struct Inner {
     table: LimitTable,
-    logs: Mutex<HashMap<QuotaKey, Arc<Mutex<SlidingLog>>>>,
+    logs: Mutex<HashMap<QuotaKey, Arc<KeyState>>>,
     max_wait: Duration,
     max_queue: usize,
     stats: QuotaStats,
-    shared: Option<Shared>,
+    shared: Option<failover::Shared>,
     /// How long a Redis reservation takes to come back.
     redis_rtt: Mutex<Estimator>,
 }
 
-/// The Redis side: the connection (once made) and the fallback state.
-struct Shared {
-    redis: Mutex<Option<RedisQuota>>,
-    /// Replicas sharing the quota: the local fallback takes 1/replicas of each limit.
-    replicas: u32,
-    /// Until when Redis is skipped after a failure.
-    skip_until: Mutex<Option<Instant>>,
-    degraded: AtomicBool,
+/// One key on this replica.
+struct KeyState {
+    /// The local log: the whole quota without Redis, this replica's share
+    /// with it (where it also records the slots taken in Redis, so that a
+    /// fall-back knows them).
+    log: Mutex<SlidingLog>,
+    /// The key's windows as configured (what Redis enforces).
+    windows: Vec<Window>,
+    /// Redis answered an error for this key alone (e.g. WRONGTYPE): its calls
+    /// use the local share, and carry it over before using Redis again.
+    redis_broken: AtomicBool,
 }
 
 impl Limiter {
@@ -122,7 +138,8 @@ impl Limiter {
     }
 
     /// A limiter sharing the quota of `replicas` replicas through Redis at `url`.
-    /// Starts even when Redis is down (on the local share) and connects in the background.
+    /// Starts even when Redis is down (on the local share); a background
+    /// probe connects, and watches Redis from then on.
     pub fn shared(
         table: LimitTable,
         max_wait: Duration,
@@ -134,34 +151,9 @@ impl Limiter {
             table,
             max_wait,
             max_queue,
-            Some(Shared {
-                redis: Mutex::new(None),
-                replicas: replicas.max(1),
-                skip_until: Mutex::new(None),
-                degraded: AtomicBool::new(true),
-            }),
+            Some(failover::Shared::new(replicas)),
         );
-        let weak = Arc::downgrade(&limiter.inner);
-        tokio::spawn(async move {
-            loop {
-                let connected = RedisQuota::connect(&url).await;
-                let Some(inner) = weak.upgrade() else { return };
-                let Some(shared) = &inner.shared else { return };
-                match connected {
-                    Ok(redis) => {
-                        *lock(&shared.redis) = Some(redis);
-                        shared.degraded.store(false, Ordering::Relaxed);
-                        tracing::info!("quota shared through Redis");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Redis unreachable; throttling on this replica's local share of each limit");
-                    }
-                }
-                drop(inner);
-                tokio::time::sleep(REDIS_RETRY_AFTER * 2).await;
-            }
-        });
+        limiter.start_probe(url);
         limiter
     }
 
@@ -169,7 +161,7 @@ impl Limiter {
         table: LimitTable,
         max_wait: Duration,
         max_queue: usize,
-        shared: Option<Shared>,
+        shared: Option<failover::Shared>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -191,10 +183,12 @@ impl Limiter {
     /// `Some(true)` when Redis is configured but not in use (the local share
     /// throttles); `None` without Redis.
     pub fn degraded(&self) -> Option<bool> {
-        self.inner
-            .shared
-            .as_ref()
-            .map(|s| s.degraded.load(Ordering::Relaxed))
+        self.inner.shared.as_ref().map(failover::Shared::degraded)
+    }
+
+    /// Replicas sharing the quota (1 without Redis).
+    pub fn replicas(&self) -> u32 {
+        self.inner.shared.as_ref().map_or(1, |s| s.replicas)
     }
 
     pub fn stats(&self) -> &QuotaStats {
@@ -202,24 +196,31 @@ impl Limiter {
     }
 
     /// Waits for a slot from which an exchange taking `need` still answers
-    /// before `deadline` (or, without one, a slot within the configured
-    /// maximum wait), or refuses at once: a slot whose answer would come too
-    /// late is a write applied while its caller hears it failed.
+    /// before `deadline`, and never longer than the configured maximum wait
+    /// (a queue reaching minutes ahead holds callers and quota hostage), or
+    /// refuses at once: a slot whose answer would come too late is a write
+    /// applied while its caller hears it failed. `caller` is who asks (the
+    /// configured caller, or [`anonymous`]): it gets at most its fair share
+    /// of the key's queue.
     pub async fn acquire(
         &self,
         key: &QuotaKey,
+        caller: &Arc<str>,
         endpoint: &'static Endpoint,
         deadline: Option<Instant>,
         need: Duration,
     ) -> Result<(), Throttled> {
+        let now = Instant::now();
+        let longest = now + self.inner.max_wait;
         let latest = match deadline {
-            Some(d) => d.checked_sub(need).unwrap_or_else(Instant::now),
-            None => Instant::now() + self.inner.max_wait,
+            Some(d) => d.checked_sub(need).unwrap_or(now).min(longest),
+            None => longest,
         };
-        let (t, slot) = self.reserve(key, endpoint, latest).await?;
+        let (t, slot) = self.reserve(key, caller, endpoint, latest).await?;
         let mut held = Held {
             limiter: self,
             key,
+            caller,
             t,
             slot: Some(slot),
         };
@@ -257,8 +258,8 @@ impl Limiter {
                 .stats
                 .late_wakeups
                 .fetch_add(1, Ordering::Relaxed);
-            self.give_back(key, held.t, slot).await;
-            let (t, slot) = self.reserve(key, endpoint, latest).await?;
+            self.give_back(key, caller, held.t, slot).await;
+            let (t, slot) = self.reserve(key, caller, endpoint, latest).await?;
             (held.t, held.slot) = (t, Some(slot));
             tokio::time::sleep_until(t).await;
         }
@@ -267,7 +268,7 @@ impl Limiter {
             .take_if(|_| deadline.is_some_and(|d| Instant::now() + need > d))
         {
             // Still too close after three tries: refuse rather than send.
-            self.give_back(key, held.t, slot).await;
+            self.give_back(key, caller, held.t, slot).await;
             return Err(self.refused(
                 endpoint,
                 Refusal {
@@ -288,90 +289,11 @@ impl Limiter {
         Ok(())
     }
 
-    /// The earliest slot no later than `latest`: from Redis when it is in
-    /// use, else from this replica's log.
-    async fn reserve(
-        &self,
-        key: &QuotaKey,
-        endpoint: &'static Endpoint,
-        latest: Instant,
-    ) -> Result<(Instant, Slot), Throttled> {
-        if let Some(redis) = self.redis() {
-            let windows = self.inner.table.windows(endpoint);
-            let now = Instant::now();
-            // The reservation's wait is measured on Redis; its answer takes
-            // a round trip to come back, which the slot must leave room for.
-            let rtt = lock(&self.inner.redis_rtt).estimate();
-            let result = redis
-                .reserve(
-                    key,
-                    &windows,
-                    latest.saturating_duration_since(now + rtt),
-                    self.inner.max_queue,
-                )
-                .await;
-            match result {
-                Ok(reserved) => {
-                    lock(&self.inner.redis_rtt).observe(now.elapsed());
-                    self.redis_ok();
-                    let reservation = reserved.map_err(|r| self.refused(endpoint, r))?;
-                    let t = Instant::now() + reservation.wait;
-                    let tolerance = sliding_log::tolerance(&windows);
-                    return Ok((
-                        t,
-                        Slot::Shared {
-                            redis,
-                            windows,
-                            reservation,
-                            tolerance,
-                        },
-                    ));
-                }
-                Err(e) => self.redis_failed(&e),
-            }
-        }
-        if self.inner.shared.is_some() {
-            self.inner
-                .stats
-                .fallback_admitted
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let log = self.log(key, endpoint);
-        let t = lock(&log)
-            .reserve(Instant::now(), latest)
-            .map_err(|r| self.refused(endpoint, r))?;
-        Ok((t, Slot::Local(log)))
-    }
-
-    /// Frees a slot that was not used at its time. A Redis that fails here
-    /// leaves the slot taken: that only throttles a little more, never less.
-    async fn give_back(&self, key: &QuotaKey, t: Instant, slot: Slot) {
-        match slot {
-            Slot::Local(log) => lock(&log).release(t),
-            Slot::Shared {
-                redis,
-                windows,
-                reservation,
-                ..
-            } => match redis.release(key, &windows, &reservation).await {
-                Ok(()) => self.redis_ok(),
-                Err(e) => self.redis_failed(&e),
-            },
-        }
-    }
-
-    fn refused(&self, endpoint: &'static Endpoint, r: Refusal) -> Throttled {
-        self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-        Throttled {
-            endpoint: endpoint.name,
-            window: r.window,
-            retry_after: r.retry_after,
-            queue_full: r.queue_full,
-        }
-    }
-
     /// Feishu refused with a frequency limit: hold the key as it says, and
-    /// adopt its limit when lower than ours.
+    /// adopt its limit when lower than ours, for ten minutes after Feishu
+    /// last said it ([`sliding_log::LEARNT_LIMIT_TTL`], as in Redis). A limit
+    /// below 1 is ignored: one `x-ogw-ratelimit-limit: 0` locked the endpoint
+    /// until a restart.
     pub fn feedback(
         &self,
         key: &QuotaKey,
@@ -385,15 +307,23 @@ impl Limiter {
             .fetch_add(1, Ordering::Relaxed);
         // Without a reset header, one second (Feishu's shortest window) is the pause.
         let pause = reset.unwrap_or(Duration::from_secs(1));
+        let limit = limit.filter(|&l| l >= 1);
+        let state = self.state(key, endpoint);
         {
-            let log = self.log(key, endpoint);
-            let mut log = lock(&log);
-            log.pause_until(Instant::now() + pause);
+            let mut log = lock(&state.log);
+            let now = Instant::now();
+            log.pause_until(now + pause);
             if let Some(limit) = limit {
-                log.lower_limit(limit);
+                log.lower_limit(limit, now);
             }
         }
-        if let Some(redis) = self.redis() {
+        // While Redis is not in use, the switch back carries both over.
+        if let Some(redis) = self
+            .inner
+            .shared
+            .as_ref()
+            .and_then(failover::Shared::usable)
+        {
             let (this, key) = (self.clone(), key.clone());
             // Off the call path: the caller's answer does not wait for Redis.
             tokio::spawn(async move {
@@ -401,112 +331,37 @@ impl Limiter {
                 if let (Ok(()), Some(limit)) = (&result, limit) {
                     result = redis.lower_limit(&key, limit).await;
                 }
-                match result {
-                    Ok(()) => this.redis_ok(),
-                    Err(e) => this.redis_failed(&e),
+                if let Err(e) = result {
+                    this.redis_error(&e, &key, &state);
                 }
             });
         }
         tracing::warn!(endpoint = endpoint.name, app = %key.app, ?pause, ?limit, "Feishu rate-limited a call; pausing this key");
     }
 
-    /// Redis, unless it is not configured, not connected, or failed a moment ago.
-    fn redis(&self) -> Option<RedisQuota> {
-        let shared = self.inner.shared.as_ref()?;
-        if lock(&shared.skip_until).is_some_and(|t| Instant::now() < t) {
-            return None;
-        }
-        lock(&shared.redis).clone()
-    }
-
-    fn redis_ok(&self) {
-        if let Some(shared) = &self.inner.shared {
-            if shared.degraded.swap(false, Ordering::Relaxed) {
-                tracing::info!("Redis reachable again; the quota is shared across replicas");
-            }
-        }
-    }
-
-    fn redis_failed(&self, e: &redis::RedisQuotaError) {
-        let Some(shared) = &self.inner.shared else {
-            return;
-        };
-        self.inner
-            .stats
-            .redis_errors
-            .fetch_add(1, Ordering::Relaxed);
-        *lock(&shared.skip_until) = Some(Instant::now() + REDIS_RETRY_AFTER);
-        if !shared.degraded.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %e, replicas = shared.replicas, "Redis unreachable; throttling on this replica's local share of each limit");
-        }
-    }
-
-    fn log(&self, key: &QuotaKey, endpoint: &'static Endpoint) -> Arc<Mutex<SlidingLog>> {
+    /// The key's state, made on first use.
+    fn state(&self, key: &QuotaKey, endpoint: &'static Endpoint) -> Arc<KeyState> {
         let mut logs = lock(&self.inner.logs);
-        if let Some(log) = logs.get(key) {
-            return log.clone();
+        if let Some(state) = logs.get(key) {
+            return state.clone();
         }
-        let mut windows = self.inner.table.windows(endpoint);
+        let configured = self.inner.table.windows(endpoint);
+        let mut windows = configured.clone();
         if let Some(shared) = &self.inner.shared {
             // The local log is only the fallback: it holds this replica's share.
             for w in &mut windows {
                 w.limit = (w.limit / shared.replicas).max(1);
             }
         }
-        let log = Arc::new(Mutex::new(SlidingLog::new(&windows, self.inner.max_queue)));
-        logs.insert(key.clone(), log.clone());
-        log
-    }
-}
-
-/// A slot its caller has not used yet. Dropped while still held (the caller
-/// hung up, or its deadline fired while it waited), it is given back, so the
-/// quota it stood for goes to the next caller instead of being lost.
-struct Held<'a> {
-    limiter: &'a Limiter,
-    key: &'a QuotaKey,
-    t: Instant,
-    slot: Option<Slot>,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        let Some(slot) = self.slot.take() else {
-            return;
-        };
-        let stats = &self.limiter.inner.stats;
-        stats.abandoned.fetch_add(1, Ordering::Relaxed);
-        match slot {
-            Slot::Local(log) => lock(&log).release(self.t),
-            shared => {
-                // Redis is a round trip away: off the path of whoever dropped us.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let (limiter, key, t) = (self.limiter.clone(), self.key.clone(), self.t);
-                    runtime.spawn(async move { limiter.give_back(&key, t, shared).await });
-                }
-            }
-        }
-    }
-}
-
-/// Where a call's slot was taken, so that it can be given back.
-enum Slot {
-    Local(Arc<Mutex<SlidingLog>>),
-    Shared {
-        redis: RedisQuota,
-        windows: Vec<Window>,
-        reservation: redis::Reservation,
-        tolerance: Duration,
-    },
-}
-
-impl Slot {
-    /// How late a send may still leave on this slot.
-    fn tolerance(&self) -> Duration {
-        match self {
-            Slot::Local(log) => lock(log).tolerance(),
-            Slot::Shared { tolerance, .. } => *tolerance,
-        }
+        let state = Arc::new(KeyState {
+            log: Mutex::new(
+                SlidingLog::new(&windows, self.inner.max_queue).with_horizon(self.inner.max_wait),
+            ),
+            windows: configured,
+            redis_broken: AtomicBool::new(false),
+        });
+        logs.insert(key.clone(), state.clone());
+        state
     }
 }
 
@@ -516,50 +371,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::catalog::CANCEL_ONBOARD;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slot_whose_caller_went_away_goes_to_the_next_caller() {
-        let per = Duration::from_secs(1);
-        let limiter = Limiter::new(
-            LimitTable::new(
-                HashMap::from([(CANCEL_ONBOARD.name.to_owned(), vec![Window::per_second(1)])]),
-                Vec::new(),
-            ),
-            Duration::from_secs(10),
-            100,
-        );
-        let key = QuotaKey {
-            app: "cli_a".into(),
-            tenant: None,
-            endpoint: CANCEL_ONBOARD.name,
-        };
-        let start = Instant::now();
-        limiter
-            .acquire(&key, &CANCEL_ONBOARD, None, Duration::ZERO)
-            .await
-            .unwrap();
-        let gone = tokio::spawn({
-            let (limiter, key) = (limiter.clone(), key.clone());
-            async move {
-                limiter
-                    .acquire(&key, &CANCEL_ONBOARD, None, Duration::ZERO)
-                    .await
-            }
-        });
-        tokio::time::sleep(per / 10).await;
-        assert_eq!(limiter.stats().waited.load(Ordering::Relaxed), 1);
-        gone.abort();
-        assert!(gone.await.unwrap_err().is_cancelled());
-        assert_eq!(limiter.stats().abandoned.load(Ordering::Relaxed), 1);
-
-        // The next caller gets the slot the one that left would have used.
-        limiter
-            .acquire(&key, &CANCEL_ONBOARD, None, Duration::ZERO)
-            .await
-            .unwrap();
-        assert_eq!(start.elapsed(), per + sliding_log::margin(per));
-    }
-}
+mod tests;

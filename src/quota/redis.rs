@@ -17,12 +17,20 @@
 //! (a starved replica) gives its slot back with [`RedisQuota::release`] and
 //! reserves again, as it does on the local log.
 //!
+//! A slot given back moves the tail (`last`) back to the latest slot still
+//! held, as in the local log. Each caller may hold at most its fair share of
+//! the key's waiting slots, counted over the whole fleet
+//! ([`fair_share`](super::sliding_log::fair_share)).
+//!
 //! Key layout, all under one Redis Cluster hash tag so that one quota key
 //! lives in one slot (`<app>`, `<tenant>` and `<endpoint>` are escaped so
 //! that distinct quota keys never share a name; no tenant is `-`):
 //!
 //! - `fgw:q:{<app>|<tenant>|<endpoint>}:s` — hash: `last` reserved time,
 //!   `paused` (Feishu's reset), `seq` (makes log members unique);
+//! - `fgw:q:{…}:c` — sorted set: each caller with waiting slots, scored by
+//!   its latest one; `fgw:q:{…}:q:<caller>` — sorted set: that caller's
+//!   waiting slots (member, time);
 //! - `fgw:q:{…}:lim` — Feishu's lower limit for the shortest window; it
 //!   lapses after [`LIMIT_OVERRIDE_TTL`] unless Feishu repeats it, so that a
 //!   raised configured limit takes effect without flushing Redis;
@@ -81,7 +89,36 @@ pub struct Reservation {
     /// How long the caller sleeps before sending (zero: now), counted from the reply.
     pub wait: Duration,
     /// The slot's member in every window's sorted set (`<time>:<seq>`).
-    member: String,
+    member: Arc<str>,
+    /// Its caller, escaped (empty: no fair share).
+    caller: String,
+}
+
+impl Reservation {
+    /// The slot's name in Redis; carrying it over again is a no-op.
+    pub fn member(&self) -> &Arc<str> {
+        &self.member
+    }
+}
+
+/// A reservation carried over from a replica's local log ([`RedisQuota::seed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carried {
+    /// Made in Redis before: its member (which holds its Redis time).
+    Shared(Arc<str>),
+    /// Made locally: a name unique to this replica (it must start with
+    /// `l`), and its time relative to now (µs, negative in the past).
+    Local(String, i64),
+}
+
+/// What a replica back from its local share carries over for one key.
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    pub entries: Vec<Carried>,
+    /// Feishu's pause, from now.
+    pub paused: Option<Duration>,
+    /// Feishu's lower limit and how long it still holds.
+    pub learnt: Option<(u32, Duration)>,
 }
 
 /// The shared quota; cheap to clone (one multiplexed, self-reconnecting connection).
@@ -146,7 +183,8 @@ impl RedisQuota {
     /// `windows` together (nothing is taken when any window refuses), timed by
     /// Redis so that replicas' clocks don't matter. `Ok(Ok(_))` says how long
     /// the caller sleeps before sending; `Ok(Err(_))` refuses when the slot is
-    /// later than `max_wait` or `max_queue` calls already wait.
+    /// later than `max_wait` or `max_queue` calls already wait. No fair share
+    /// applies (see [`reserve_as`](Self::reserve_as)).
     pub async fn reserve(
         &self,
         key: &QuotaKey,
@@ -154,7 +192,25 @@ impl RedisQuota {
         max_wait: Duration,
         max_queue: usize,
     ) -> Result<Result<Reservation, Refusal>, RedisQuotaError> {
+        self.reserve_as(key, None, windows, max_wait, max_queue, Duration::MAX)
+            .await
+    }
+
+    /// As [`reserve`](Self::reserve), for `caller`: refused (queue full) when
+    /// it already holds its fair share of the key's queue, whose capacity is
+    /// what the windows give within `horizon` (the longest any call waits),
+    /// at most `max_queue`.
+    pub async fn reserve_as(
+        &self,
+        key: &QuotaKey,
+        caller: Option<&str>,
+        windows: &[Window],
+        max_wait: Duration,
+        max_queue: usize,
+        horizon: Duration,
+    ) -> Result<Result<Reservation, Refusal>, RedisQuotaError> {
         let base = base_key(key);
+        let caller = caller.map(escape).unwrap_or_default();
         let span = |w: &Window| w.per + margin(w.per);
         // Window numbers in the script start at 1; 0 means none.
         let shortest = windows
@@ -164,15 +220,16 @@ impl RedisQuota {
             .map_or(0, |(i, _)| i + 1);
         let longest = windows.iter().map(span).max().unwrap_or_default();
         let mut call = self.script.prepare_invoke();
-        call.key(format!("{base}:s"))
-            .key(format!("{base}:lim"))
+        head(&mut call, &base, &caller)
             .arg("reserve")
             .arg(micros(max_wait))
             .arg(max_queue)
             .arg(millis(
                 longest.saturating_add(max_wait).saturating_add(TTL_SLACK),
             ))
-            .arg(shortest);
+            .arg(shortest)
+            .arg(micros(horizon))
+            .arg(&caller);
         for w in windows {
             call.key(window_key(&base, w))
                 .arg(w.limit)
@@ -184,7 +241,8 @@ impl RedisQuota {
         match reply[..] {
             [1, wait, t, seq] => Ok(Ok(Reservation {
                 wait: us(wait),
-                member: format!("{t}:{seq}"),
+                member: format!("{t}:{seq}").into(),
+                caller,
             })),
             [0, retry, number, queue_full, limit] => {
                 let window = usize::try_from(number)
@@ -210,7 +268,7 @@ impl RedisQuota {
     /// Gives back a slot its caller woke too late to use, or left before using,
     /// on every replica's log at once (`windows` as reserved). Later slots keep
     /// their times: they were valid with this one in the log, so they stay
-    /// valid without it.
+    /// valid without it; the tail moves back to the latest slot still held.
     pub async fn release(
         &self,
         key: &QuotaKey,
@@ -219,10 +277,61 @@ impl RedisQuota {
     ) -> Result<(), RedisQuotaError> {
         let base = base_key(key);
         let mut call = self.script.prepare_invoke();
-        call.key(format!("{base}:s"))
-            .key(format!("{base}:lim"))
+        head(&mut call, &base, &slot.caller)
             .arg("release")
-            .arg(&slot.member);
+            .arg(&*slot.member)
+            .arg(&slot.caller);
+        for w in windows {
+            call.key(window_key(&base, w));
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(call.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Carries a replica's local reservations (and Feishu's pause and lower
+    /// limit) for `key` into Redis before the replica reserves there again,
+    /// so that the shared log counts what the replica sent on its own share.
+    /// Idempotent: every entry keeps its member, so carrying twice adds nothing.
+    pub async fn seed(
+        &self,
+        key: &QuotaKey,
+        windows: &[Window],
+        carry: &Carry,
+    ) -> Result<(), RedisQuotaError> {
+        let base = base_key(key);
+        let longest = windows
+            .iter()
+            .map(|w| w.per + margin(w.per))
+            .max()
+            .unwrap_or_default();
+        let ahead = carry
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Carried::Local(_, offset) => u64::try_from(*offset).ok(),
+                Carried::Shared(_) => None,
+            })
+            .max()
+            .map_or(Duration::ZERO, Duration::from_micros);
+        let paused = carry.paused.unwrap_or_default();
+        let (learnt, learnt_ttl) = carry.learnt.unwrap_or((0, Duration::ZERO));
+        let mut call = self.script.prepare_invoke();
+        head(&mut call, &base, "")
+            .arg("seed")
+            .arg(millis(
+                longest.saturating_add(ahead).saturating_add(TTL_SLACK),
+            ))
+            .arg(micros(paused))
+            .arg(millis(paused.saturating_add(TTL_SLACK)))
+            .arg(learnt)
+            .arg(millis(learnt_ttl).max(1));
+        for e in &carry.entries {
+            match e {
+                Carried::Shared(member) => call.arg(&**member).arg(0),
+                Carried::Local(member, offset) => call.arg(member).arg(*offset),
+            };
+        }
         for w in windows {
             call.key(window_key(&base, w));
         }
@@ -235,8 +344,7 @@ impl RedisQuota {
     /// key before now + `pause` (a shorter pause never cuts a longer one).
     pub async fn pause(&self, key: &QuotaKey, pause: Duration) -> Result<(), RedisQuotaError> {
         let mut call = self.script.prepare_invoke();
-        call.key(format!("{}:s", base_key(key)))
-            .key(format!("{}:lim", base_key(key)))
+        head(&mut call, &base_key(key), "")
             .arg("pause")
             .arg(micros(pause))
             .arg(millis(pause.saturating_add(TTL_SLACK)));
@@ -247,11 +355,11 @@ impl RedisQuota {
 
     /// Feishu's limit is lower (`x-ogw-ratelimit-limit`): every replica's
     /// reserve() applies it to the key's shortest window (the lower of the
-    /// configured and the stored limit) for [`LIMIT_OVERRIDE_TTL`].
+    /// configured and the stored limit) for [`LIMIT_OVERRIDE_TTL`]. A limit
+    /// below 1 is ignored (the script ignores one stored before, too).
     pub async fn lower_limit(&self, key: &QuotaKey, limit: u32) -> Result<(), RedisQuotaError> {
         let mut call = self.script.prepare_invoke();
-        call.key(format!("{}:s", base_key(key)))
-            .key(format!("{}:lim", base_key(key)))
+        head(&mut call, &base_key(key), "")
             .arg("lower")
             .arg(limit)
             .arg(millis(LIMIT_OVERRIDE_TTL));
@@ -297,6 +405,20 @@ impl RedisQuota {
             RedisQuotaError::Script(text)
         }
     }
+}
+
+/// The four keys every operation names before the windows: state, limit
+/// override, callers waiting, and `caller`'s waiting slots (escaped; empty
+/// for none — the key is then named but never written).
+fn head<'a, 'b>(
+    call: &'b mut redis::ScriptInvocation<'a>,
+    base: &str,
+    caller: &str,
+) -> &'b mut redis::ScriptInvocation<'a> {
+    call.key(format!("{base}:s"))
+        .key(format!("{base}:lim"))
+        .key(format!("{base}:c"))
+        .key(format!("{base}:q:{caller}"))
 }
 
 /// `fgw:q:{<app>|<tenant or ->|<endpoint>}`.

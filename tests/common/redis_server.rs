@@ -62,6 +62,16 @@ impl Server {
         assert!(ok, "kill {sig}");
     }
 
+    /// SIGSTOP: the server keeps its connections but answers nothing (a hung Redis).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a paused server answers again, with its data.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

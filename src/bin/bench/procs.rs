@@ -240,12 +240,13 @@ async fn wait_serving(
     Err(format!("{} never became SERVING: {}", proc.name, proc.log_tail()).into())
 }
 
-/// Waits until the admin port's `/readyz` answers 200 (e.g. Redis connected).
+/// Waits until the admin port's `/readyz` answers 200 and, with Redis
+/// configured, says the quota is shared (it is ready on its local share too).
 pub async fn wait_ready(admin: SocketAddr) -> Result<(), BoxError> {
     let http = reqwest::Client::builder().no_proxy().build()?;
     for _ in 0..500 {
         if let Ok(r) = http.get(format!("http://{admin}/readyz")).send().await {
-            if r.status().is_success() {
+            if r.status().is_success() && !r.text().await?.contains("degraded") {
                 return Ok(());
             }
         }
