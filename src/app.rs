@@ -142,7 +142,8 @@ pub async fn start(
         }
     });
 
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let reporter = HealthReporter::new();
+    let drain = gateway.drain().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let calls = tokio_util::task::TaskTracker::new();
     let services = Services::new(gateway.clone(), metrics, calls.clone());
@@ -153,7 +154,7 @@ pub async fn start(
             grpc_listener,
             serving,
             server_reporter,
-            health,
+            drain,
             async {
                 let _ = stopped.await;
             },
@@ -190,6 +191,13 @@ fn serving(settings: &Settings) -> Result<Serving, BoxError> {
     }
     if g.insecure_no_auth {
         tracing::warn!(listen = %g.listen, "--insecure-no-auth: callers are not authenticated by the gateway; anyone who reaches this port may act as the Feishu app");
+    }
+    if settings.feishu.request_timeout_ms >= g.shutdown_grace_ms {
+        tracing::warn!(
+            request_timeout_ms = settings.feishu.request_timeout_ms,
+            shutdown_grace_ms = g.shutdown_grace_ms,
+            "a write on the wire when draining begins may outlast GATEWAY_SHUTDOWN_GRACE_MS: keep FEISHU_REQUEST_TIMEOUT_MS below it"
+        );
     }
     let tls = match &g.tls {
         None => {
@@ -236,6 +244,9 @@ impl Running {
         self.draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         grpc::server::set_health(&self.reporter, ServingStatus::NotServing).await;
+        // Health/Watch streams end (after NOT_SERVING), and every call's
+        // waits end by the drain's deadline, within the grace.
+        self.gateway.drain().begin(self.grace);
         tracing::info!("draining: finishing in-flight calls");
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

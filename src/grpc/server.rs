@@ -3,13 +3,28 @@
 //! v1alpha (with the google.rpc error-detail types, so grpcurl prints details
 //! by name), request size limits, and graceful shutdown.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
 
 use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic_health::{server::HealthReporter, ServingStatus};
+use tokio_stream::Stream;
+use tonic::{transport::Server, Request, Response, Status};
+use tonic_health::{
+    pb::{
+        self as pb_health,
+        health_server::{Health, HealthServer},
+        HealthCheckRequest, HealthCheckResponse,
+    },
+    server::{HealthReporter, HealthService},
+    ServingStatus,
+};
 
 use super::Services;
+use crate::drain::Drain;
 use crate::pb::{
     self,
     feishu::{
@@ -46,15 +61,14 @@ pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets in-flight calls finish.
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight
+/// calls finish. Health/Watch streams end when `drain` begins.
 pub async fn serve(
     services: Services,
     listener: TcpListener,
     serving: Serving,
     reporter: HealthReporter,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    drain: Drain,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -68,6 +82,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha();
     let (reflection_v1, reflection_v1alpha) = (reflection_v1?, reflection_v1alpha?);
+    let health = HealthServer::new(DrainingHealth {
+        inner: HealthService::from_health_reporter(reporter.clone()),
+        drain,
+    });
     set_health(&reporter, ServingStatus::Serving).await;
     let max = serving.max_request_bytes;
     let mut builder = Server::builder();
@@ -93,4 +111,73 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// tonic-health's service, except that a Watch ends when the drain begins
+/// (after NOT_SERVING): a Watch never ends by itself, and one left open would
+/// hold every shutdown for the whole grace period.
+struct DrainingHealth {
+    inner: HealthService,
+    drain: Drain,
+}
+
+#[tonic::async_trait]
+impl Health for DrainingHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = UntilDrain;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inner = self.inner.watch(request).await?.into_inner();
+        let drain = self.drain.clone();
+        Ok(Response::new(UntilDrain {
+            inner: Box::pin(inner),
+            began: Some(Box::pin(async move {
+                drain.began().await;
+            })),
+            last: None,
+        }))
+    }
+}
+
+type Statuses = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+/// A Watch's statuses until the drain begins, then NOT_SERVING (unless it
+/// was the last one sent) and the end of the stream.
+pub struct UntilDrain {
+    inner: Statuses,
+    began: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    last: Option<i32>,
+}
+
+impl Stream for UntilDrain {
+    type Item = Result<HealthCheckResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let not_serving = pb_health::health_check_response::ServingStatus::NotServing as i32;
+        let Some(began) = self.began.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if began.as_mut().poll(cx).is_ready() {
+            self.began = None;
+            return Poll::Ready((self.last != Some(not_serving)).then(|| {
+                Ok(HealthCheckResponse {
+                    status: not_serving,
+                })
+            }));
+        }
+        let next = ready!(self.inner.as_mut().poll_next(cx));
+        if let Some(Ok(r)) = &next {
+            self.last = Some(r.status);
+        }
+        Poll::Ready(next)
+    }
 }
