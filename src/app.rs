@@ -234,6 +234,7 @@ fn serving(settings: &Settings) -> Result<Serving, BoxError> {
         max_request_bytes: g.max_request_bytes,
         tls,
         auth: AuthLayer::new(policy, g.max_concurrent_calls, g.max_concurrent_per_caller),
+        max_streams_per_connection: g.max_streams_per_connection,
     })
 }
 

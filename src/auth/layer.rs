@@ -1,6 +1,11 @@
 //! Applies the [`Policy`] to every gRPC request before tonic routes it, and
 //! sheds load: a call beyond the overall or the caller's concurrency limit
 //! is refused at once with RESOURCE_EXHAUSTED, before its body is read.
+//!
+//! Every stream counts, public ones (health, reflection) included, and for
+//! as long as it is open: the permits ride in the response body, so a
+//! Health/Watch or a reflection stream holds its place until it ends, not
+//! just until its response headers are out.
 
 use std::{
     collections::HashMap,
@@ -18,7 +23,16 @@ use tonic::{
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{Denial, Policy};
-use crate::grpc::{status::GATEWAY_DOMAIN, CallerIdentity};
+use crate::{
+    conn::Hold,
+    grpc::{status::GATEWAY_DOMAIN, CallerIdentity},
+};
+
+/// What an admitted stream holds until its response ends.
+pub struct Held {
+    _overall: OwnedSemaphorePermit,
+    _caller: Option<OwnedSemaphorePermit>,
+}
 
 /// The layer; cheap to clone.
 #[derive(Clone)]
@@ -74,9 +88,9 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    R: Default + Send + 'static,
+    R: hyper::body::Body + Default + Unpin + Send + 'static,
 {
-    type Response = http::Response<R>;
+    type Response = http::Response<Hold<R, Held>>;
     type Error = S::Error;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -125,21 +139,26 @@ where
                 .extensions_mut()
                 .insert(CallerIdentity(name.clone()));
         }
+        let held = Held {
+            _overall: overall,
+            _caller: caller_permit,
+        };
         // The clone that was polled ready serves this call; the fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await;
-            drop((overall, caller_permit));
-            response
+            let response = inner.call(request).await?;
+            Ok(response.map(|body| Hold::new(body, Some(held))))
         })
     }
 }
 
 fn refuse<R: Default + Send + 'static, E: Send + 'static>(
     status: Status,
-) -> BoxFuture<http::Response<R>, E> {
-    Box::pin(std::future::ready(Ok(status.into_http())))
+) -> BoxFuture<http::Response<Hold<R, Held>>, E> {
+    Box::pin(std::future::ready(Ok(status
+        .into_http()
+        .map(|body| Hold::new(body, None)))))
 }
 
 fn denial_status(denial: &Denial) -> Status {

@@ -49,10 +49,18 @@ pub struct Serving {
     /// Server TLS (and client CA for mTLS), already read from files.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     pub auth: crate::auth::layer::AuthLayer,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_streams_per_connection: u32,
 }
 
 /// Largest header block a caller may send (metadata included).
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Largest health or reflection request message. Both are public (health
+/// by default, reflection when configured) and their requests are a service
+/// name or a symbol: tonic's default of 4 MB let unauthenticated callers
+/// park 4 MB per stream.
+pub const SMALL_REQUEST_BYTES: usize = 4 * 1024;
 
 /// Marks every service (and the overall status "") as `status`.
 pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -81,11 +89,15 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha();
-    let (reflection_v1, reflection_v1alpha) = (reflection_v1?, reflection_v1alpha?);
+    let (reflection_v1, reflection_v1alpha) = (
+        reflection_v1?.max_decoding_message_size(SMALL_REQUEST_BYTES),
+        reflection_v1alpha?.max_decoding_message_size(SMALL_REQUEST_BYTES),
+    );
     let health = HealthServer::new(DrainingHealth {
         inner: HealthService::from_health_reporter(reporter.clone()),
         drain,
-    });
+    })
+    .max_decoding_message_size(SMALL_REQUEST_BYTES);
     set_health(&reporter, ServingStatus::Serving).await;
     let max = serving.max_request_bytes;
     let mut builder = Server::builder();
@@ -96,6 +108,7 @@ pub async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
     builder
+        .max_concurrent_streams(Some(serving.max_streams_per_connection))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // A connection whose peer stops answering pings is closed.
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
