@@ -17,6 +17,7 @@ use crate::{
     auth::{layer::AuthLayer, Policy},
     catalog::Window,
     config::{AppCredentials, Settings, DEFAULT_APP},
+    conn,
     gateway::Gateway,
     grpc::{self, server::Serving, Services},
     metrics::Metrics,
@@ -136,11 +137,8 @@ pub async fn start(
         metrics: metrics.clone(),
         draining: draining.clone(),
     };
-    let admin = tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_listener, admin_state).await {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    });
+    let admin_limits = serving.limits;
+    let admin = tokio::spawn(admin::serve(admin_listener, admin_state, admin_limits));
 
     let reporter = HealthReporter::new();
     let drain = gateway.drain().clone();
@@ -216,24 +214,22 @@ fn serving(settings: &Settings) -> Result<Serving, BoxError> {
                     )
                 })
             };
-            let identity = tonic::transport::Identity::from_pem(
-                read("cert_file", &t.cert_file)?,
-                read("key_file", &t.key_file)?,
-            );
-            let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-            if let Some(ca) = &t.client_ca_file {
-                config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
-                    "client_ca_file",
-                    ca,
-                )?));
-            }
-            Some(config)
+            let files = conn::tls::TlsFiles {
+                cert_pem: read("cert_file", &t.cert_file)?,
+                key_pem: read("key_file", &t.key_file)?,
+                client_ca_pem: match &t.client_ca_file {
+                    Some(ca) => Some(read("client_ca_file", ca)?),
+                    None => None,
+                },
+            };
+            Some(conn::tls::acceptor(&files)?)
         }
     };
     Ok(Serving {
         max_request_bytes: g.max_request_bytes,
         tls,
         auth: AuthLayer::new(policy, g.max_concurrent_calls, g.max_concurrent_per_caller),
+        limits: conn::Limits::from_settings(g),
         max_streams_per_connection: g.max_streams_per_connection,
     })
 }

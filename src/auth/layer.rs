@@ -5,7 +5,8 @@
 //! Every stream counts, public ones (health, reflection) included, and for
 //! as long as it is open: the permits ride in the response body, so a
 //! Health/Watch or a reflection stream holds its place until it ends, not
-//! just until its response headers are out.
+//! just until its response headers are out. The same holds the stream's
+//! place in its connection's count, which the idle timeout reads.
 
 use std::{
     collections::HashMap,
@@ -16,15 +17,12 @@ use std::{
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-    Code, Status,
-};
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{Denial, Policy};
 use crate::{
-    conn::Hold,
+    conn::{ConnInfo, Hold, StreamGuard},
     grpc::{status::GATEWAY_DOMAIN, CallerIdentity},
 };
 
@@ -32,6 +30,7 @@ use crate::{
 pub struct Held {
     _overall: OwnedSemaphorePermit,
     _caller: Option<OwnedSemaphorePermit>,
+    _stream: Option<StreamGuard>,
 }
 
 /// The layer; cheap to clone.
@@ -106,11 +105,12 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let certs = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs());
-        let peer = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let peer = conn
+            .as_ref()
+            .and_then(ConnInfo::peer_certs)
+            .and_then(<[_]>::first)
+            .map(|c| c.as_ref());
         let decided = shared.policy.check(request.uri().path(), bearer, peer);
         let caller = match decided {
             Ok(caller) => caller,
@@ -142,7 +142,12 @@ where
         let held = Held {
             _overall: overall,
             _caller: caller_permit,
+            _stream: conn.as_ref().map(ConnInfo::stream_opened),
         };
+        if let Some(conn) = conn {
+            // Where tonic's `Request::remote_addr` looks for the peer.
+            request.extensions_mut().insert(conn.tcp().clone());
+        }
         // The clone that was polled ready serves this call; the fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

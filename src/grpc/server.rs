@@ -1,7 +1,8 @@
 //! The tonic server: the three services, the standard health service (per
 //! service and overall, NOT_SERVING while draining), reflection v1 and
 //! v1alpha (with the google.rpc error-detail types, so grpcurl prints details
-//! by name), request size limits, and graceful shutdown.
+//! by name), request size limits, connection limits (through the gateway's
+//! own accept loop, see `conn`), and graceful shutdown.
 
 use std::{
     future::Future,
@@ -10,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::TcpListener;
-use tokio_stream::Stream;
+use tokio::{net::TcpListener, time::Instant};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{transport::Server, Request, Response, Status};
 use tonic_health::{
     pb::{
@@ -24,6 +25,7 @@ use tonic_health::{
 };
 
 use super::Services;
+use crate::conn::{self, Conn, Transport};
 use crate::drain::Drain;
 use crate::pb::{
     self,
@@ -47,8 +49,10 @@ pub const SERVICE_NAMES: &[&str] = &[
 pub struct Serving {
     pub max_request_bytes: usize,
     /// Server TLS (and client CA for mTLS), already read from files.
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub auth: crate::auth::layer::AuthLayer,
+    /// Connections: caps, opening and idle timeouts.
+    pub limits: conn::Limits,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_streams_per_connection: u32,
 }
@@ -100,14 +104,14 @@ pub async fn serve(
     .max_decoding_message_size(SMALL_REQUEST_BYTES);
     set_health(&reporter, ServingStatus::Serving).await;
     let max = serving.max_request_bytes;
-    let mut builder = Server::builder();
-    if let Some(tls) = serving.tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    builder
+    // Connections come from the gateway's own accept loop (caps, backoff,
+    // TLS, opening and idle timeouts); when tonic stops taking them at
+    // shutdown, the loop ends and the listening socket closes.
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = conn::Acceptor::new(listener, serving.limits, "grpc");
+    tokio::spawn(accept(acceptor, serving.tls, tx));
+    let incoming = ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+    Server::builder()
         .max_concurrent_streams(Some(serving.max_streams_per_connection))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // A connection whose peer stops answering pings is closed.
@@ -124,6 +128,54 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Accepts connections within the caps and hands them to tonic, after the
+/// TLS handshake when TLS is on. Handshakes run in tasks of their own, so a
+/// slow one holds up no other connection; each must end by the opening deadline.
+async fn accept(
+    mut acceptor: conn::Acceptor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tx: tokio::sync::mpsc::Sender<Conn>,
+) {
+    let limits = acceptor.limits();
+    loop {
+        let (tcp, peer, slot) = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            () = tx.closed() => return,
+        };
+        let opened_by = Instant::now() + limits.handshake_timeout;
+        let Some(tls) = &tls else {
+            let conn = Conn::new(
+                Transport::Plain(tcp),
+                peer,
+                slot,
+                opened_by,
+                limits.idle_timeout,
+            );
+            if tx.send(conn).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (tls, tx) = (tls.clone(), tx.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout_at(opened_by, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let conn = Conn::new(
+                        Transport::Tls(Box::new(stream)),
+                        peer,
+                        slot,
+                        opened_by,
+                        limits.idle_timeout,
+                    );
+                    let _ = tx.send(conn).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
 }
 
 /// tonic-health's service, except that a Watch ends when the drain begins
