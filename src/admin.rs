@@ -3,22 +3,31 @@
 //! and the one endpoint meant to be reached from outside, Feishu's event
 //! pushes (`POST /admin/app_ticket`), believed only as `events` decides.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use axum::{
     body::Bytes,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Request, State},
     http::{HeaderMap, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use tokio::net::TcpListener;
 
 use crate::{
+    conn,
     events::{self, Accepted, Refused, SignedBy, Verifier},
     gateway::Gateway,
     metrics::Metrics,
@@ -124,7 +133,44 @@ async fn app_ticket(State(state): State<AdminState>, headers: HeaderMap, body: B
     }
 }
 
-/// Serves the admin port until the process ends.
-pub async fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+/// Serves the admin port until the process ends (or the task is aborted),
+/// within the connection caps of `limits`. HTTP/1.1 only, as before: a
+/// request's headers must arrive within the handshake timeout (hyper's
+/// `header_read_timeout`, which also bounds a keep-alive connection's wait
+/// for its next request), and the rest of it, body and answer, within
+/// another. Connections beyond a cap are closed at once; an accept that
+/// fails for want of file descriptors is retried after a pause.
+pub async fn serve(listener: TcpListener, state: AdminState, limits: conn::Limits) {
+    let timeout = limits.handshake_timeout;
+    let app = router(state).layer(middleware::from_fn_with_state(timeout, bounded));
+    let mut acceptor = conn::Acceptor::new(listener, limits, "admin");
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
+    loop {
+        let (tcp, _peer, slot) = acceptor.accept().await;
+        let connection =
+            builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+/// A request that takes longer than `timeout` past its headers (a body
+/// trickling in) is answered 408 and its connection closed.
+async fn bounded(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            [(axum::http::header::CONNECTION, "close")],
+            "the request did not arrive in time\n",
+        )
+            .into_response(),
+    }
 }

@@ -17,6 +17,7 @@ use crate::{
     auth::{layer::AuthLayer, Policy},
     catalog::Window,
     config::{AppCredentials, Settings, DEFAULT_APP},
+    conn,
     events::Verifier,
     gateway::Gateway,
     grpc::{self, server::Serving, Services},
@@ -148,13 +149,11 @@ pub async fn start(
         draining: draining.clone(),
         pushes,
     };
-    let admin = tokio::spawn(async move {
-        if let Err(e) = admin::serve(admin_listener, admin_state).await {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    });
+    let admin_limits = serving.limits;
+    let admin = tokio::spawn(admin::serve(admin_listener, admin_state, admin_limits));
 
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let reporter = HealthReporter::new();
+    let drain = gateway.drain().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let calls = tokio_util::task::TaskTracker::new();
     let idempotency_ttl = Duration::from_secs(settings.gateway.idempotency_ttl_secs);
@@ -180,7 +179,7 @@ pub async fn start(
             grpc_listener,
             serving,
             server_reporter,
-            health,
+            drain,
             async {
                 let _ = stopped.await;
             },
@@ -218,6 +217,13 @@ fn serving(settings: &Settings) -> Result<Serving, BoxError> {
     if g.insecure_no_auth {
         tracing::warn!(listen = %g.listen, "--insecure-no-auth: callers are not authenticated by the gateway; anyone who reaches this port may act as the Feishu app");
     }
+    if settings.feishu.request_timeout_ms >= g.shutdown_grace_ms {
+        tracing::warn!(
+            request_timeout_ms = settings.feishu.request_timeout_ms,
+            shutdown_grace_ms = g.shutdown_grace_ms,
+            "a write on the wire when draining begins may outlast GATEWAY_SHUTDOWN_GRACE_MS: keep FEISHU_REQUEST_TIMEOUT_MS below it"
+        );
+    }
     let tls = match &g.tls {
         None => {
             if !policy.is_open() && !g.listen.ip().is_loopback() {
@@ -235,24 +241,23 @@ fn serving(settings: &Settings) -> Result<Serving, BoxError> {
                     )
                 })
             };
-            let identity = tonic::transport::Identity::from_pem(
-                read("cert_file", &t.cert_file)?,
-                read("key_file", &t.key_file)?,
-            );
-            let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-            if let Some(ca) = &t.client_ca_file {
-                config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(
-                    "client_ca_file",
-                    ca,
-                )?));
-            }
-            Some(config)
+            let files = conn::tls::TlsFiles {
+                cert_pem: read("cert_file", &t.cert_file)?,
+                key_pem: read("key_file", &t.key_file)?,
+                client_ca_pem: match &t.client_ca_file {
+                    Some(ca) => Some(read("client_ca_file", ca)?),
+                    None => None,
+                },
+            };
+            Some(conn::tls::acceptor(&files)?)
         }
     };
     Ok(Serving {
         max_request_bytes: g.max_request_bytes,
         tls,
         auth: AuthLayer::new(policy, g.max_concurrent_calls, g.max_concurrent_per_caller),
+        limits: conn::Limits::from_settings(g),
+        max_streams_per_connection: g.max_streams_per_connection,
     })
 }
 
@@ -263,6 +268,9 @@ impl Running {
         self.draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         grpc::server::set_health(&self.reporter, ServingStatus::NotServing).await;
+        // Health/Watch streams end (after NOT_SERVING), and every call's
+        // waits end by the drain's deadline, within the grace.
+        self.gateway.drain().begin(self.grace);
         tracing::info!("draining: finishing in-flight calls");
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

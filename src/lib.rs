@@ -8,6 +8,8 @@ pub mod auth;
 pub mod catalog;
 pub mod codes;
 pub mod config;
+pub mod conn;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod feishu;

@@ -1,6 +1,12 @@
 //! Applies the [`Policy`] to every gRPC request before tonic routes it, and
 //! sheds load: a call beyond the overall or the caller's concurrency limit
 //! is refused at once with RESOURCE_EXHAUSTED, before its body is read.
+//!
+//! Every stream counts, public ones (health, reflection) included, and for
+//! as long as it is open: the permits ride in the response body, so a
+//! Health/Watch or a reflection stream holds its place until it ends, not
+//! just until its response headers are out. The same holds the stream's
+//! place in its connection's count, which the idle timeout reads.
 
 use std::{
     collections::HashMap,
@@ -11,14 +17,21 @@ use std::{
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-    Code, Status,
-};
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{Denial, Policy};
-use crate::grpc::{status::GATEWAY_DOMAIN, CallerIdentity};
+use crate::{
+    conn::{ConnInfo, Hold, StreamGuard},
+    grpc::{status::GATEWAY_DOMAIN, CallerIdentity},
+};
+
+/// What an admitted stream holds until its response ends.
+pub struct Held {
+    _overall: OwnedSemaphorePermit,
+    _caller: Option<OwnedSemaphorePermit>,
+    _stream: Option<StreamGuard>,
+}
 
 /// The layer; cheap to clone.
 #[derive(Clone)]
@@ -74,9 +87,9 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    R: Default + Send + 'static,
+    R: hyper::body::Body + Default + Unpin + Send + 'static,
 {
-    type Response = http::Response<R>;
+    type Response = http::Response<Hold<R, Held>>;
     type Error = S::Error;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -92,11 +105,12 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let certs = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs());
-        let peer = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let peer = conn
+            .as_ref()
+            .and_then(ConnInfo::peer_certs)
+            .and_then(<[_]>::first)
+            .map(|c| c.as_ref());
         let decided = shared.policy.check(request.uri().path(), bearer, peer);
         let caller = match decided {
             Ok(caller) => caller,
@@ -125,21 +139,31 @@ where
                 .extensions_mut()
                 .insert(CallerIdentity(name.clone()));
         }
+        let held = Held {
+            _overall: overall,
+            _caller: caller_permit,
+            _stream: conn.as_ref().map(ConnInfo::stream_opened),
+        };
+        if let Some(conn) = conn {
+            // Where tonic's `Request::remote_addr` looks for the peer.
+            request.extensions_mut().insert(conn.tcp().clone());
+        }
         // The clone that was polled ready serves this call; the fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await;
-            drop((overall, caller_permit));
-            response
+            let response = inner.call(request).await?;
+            Ok(response.map(|body| Hold::new(body, Some(held))))
         })
     }
 }
 
 fn refuse<R: Default + Send + 'static, E: Send + 'static>(
     status: Status,
-) -> BoxFuture<http::Response<R>, E> {
-    Box::pin(std::future::ready(Ok(status.into_http())))
+) -> BoxFuture<http::Response<Hold<R, Held>>, E> {
+    Box::pin(std::future::ready(Ok(status
+        .into_http()
+        .map(|body| Hold::new(body, None)))))
 }
 
 fn denial_status(denial: &Denial) -> Status {

@@ -153,6 +153,19 @@ pub struct GatewaySettings {
     pub max_concurrent_calls: usize,
     /// Calls served at once for one caller.
     pub max_concurrent_per_caller: usize,
+    /// Streams a client may open at once on one gRPC connection (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS): before authentication, each costs
+    /// the buffers of a request body.
+    pub max_streams_per_connection: u32,
+    /// Connections open at once, per port; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Connections open at once from one peer address (IPv6: one /64), per port.
+    pub max_connections_per_peer: usize,
+    /// Time a new connection gets to open: TLS handshake, HTTP/2 preface and
+    /// SETTINGS (admin port: a request's headers, and again its body).
+    pub handshake_timeout_ms: u64,
+    /// A gRPC connection with no call open for this long is closed.
+    pub idle_timeout_ms: u64,
     /// Set only by `serve --insecure-no-auth`: a mesh in front already authenticates.
     #[serde(skip)]
     pub insecure_no_auth: bool,
@@ -212,6 +225,11 @@ impl Default for GatewaySettings {
             reflection_public: false,
             max_concurrent_calls: 4096,
             max_concurrent_per_caller: 1024,
+            max_streams_per_connection: 100,
+            max_connections: 10_000,
+            max_connections_per_peer: 1_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
             insecure_no_auth: false,
         }
     }
@@ -260,6 +278,20 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "GATEWAY_MAX_CONCURRENT_PER_CALLER",
         "gateway.max_concurrent_per_caller",
     ),
+    (
+        "GATEWAY_MAX_STREAMS_PER_CONNECTION",
+        "gateway.max_streams_per_connection",
+    ),
+    ("GATEWAY_MAX_CONNECTIONS", "gateway.max_connections"),
+    (
+        "GATEWAY_MAX_CONNECTIONS_PER_PEER",
+        "gateway.max_connections_per_peer",
+    ),
+    (
+        "GATEWAY_HANDSHAKE_TIMEOUT_MS",
+        "gateway.handshake_timeout_ms",
+    ),
+    ("GATEWAY_IDLE_TIMEOUT_MS", "gateway.idle_timeout_ms"),
 ];
 
 /// A setting that is missing or wrong; its `Display` is the one line printed at start-up.
@@ -390,6 +422,17 @@ impl Settings {
         if self.gateway.max_concurrent_calls == 0 || self.gateway.max_concurrent_per_caller == 0 {
             return Err(ConfigError(
                 "GATEWAY_MAX_CONCURRENT_CALLS and GATEWAY_MAX_CONCURRENT_PER_CALLER must be greater than zero".into(),
+            ));
+        }
+        let g = &self.gateway;
+        if g.max_streams_per_connection == 0
+            || g.max_connections == 0
+            || g.max_connections_per_peer == 0
+            || g.handshake_timeout_ms == 0
+            || g.idle_timeout_ms == 0
+        {
+            return Err(ConfigError(
+                "GATEWAY_MAX_STREAMS_PER_CONNECTION, GATEWAY_MAX_CONNECTIONS, GATEWAY_MAX_CONNECTIONS_PER_PEER, GATEWAY_HANDSHAKE_TIMEOUT_MS and GATEWAY_IDLE_TIMEOUT_MS must be greater than zero".into(),
             ));
         }
         if self.gateway.default_limit_per_minute == 0 || self.gateway.replicas == 0 {

@@ -160,3 +160,50 @@ fn a_store_apps_event_secrets_come_from_values_or_files_and_stay_redacted() {
         Ok(())
     });
 }
+
+#[test]
+fn connection_limits_come_from_the_environment_and_zero_is_refused() {
+    let s = with_env(
+        &[
+            ("GATEWAY_MAX_STREAMS_PER_CONNECTION", "10"),
+            ("GATEWAY_MAX_CONNECTIONS", "20"),
+            ("GATEWAY_MAX_CONNECTIONS_PER_PEER", "5"),
+            ("GATEWAY_HANDSHAKE_TIMEOUT_MS", "300"),
+            ("GATEWAY_IDLE_TIMEOUT_MS", "500"),
+        ],
+        || Settings::load(None),
+    )
+    .unwrap();
+    let g = &s.gateway;
+    assert_eq!(
+        (
+            g.max_streams_per_connection,
+            g.max_connections,
+            g.max_connections_per_peer,
+            g.handshake_timeout_ms,
+            g.idle_timeout_ms
+        ),
+        (10, 20, 5, 300, 500)
+    );
+    let d = GatewaySettings::default();
+    assert_eq!(
+        (
+            d.max_streams_per_connection,
+            d.max_connections,
+            d.max_connections_per_peer,
+            d.handshake_timeout_ms,
+            d.idle_timeout_ms
+        ),
+        (100, 10_000, 1_000, 10_000, 300_000)
+    );
+    for var in [
+        "GATEWAY_MAX_STREAMS_PER_CONNECTION",
+        "GATEWAY_MAX_CONNECTIONS",
+        "GATEWAY_MAX_CONNECTIONS_PER_PEER",
+        "GATEWAY_HANDSHAKE_TIMEOUT_MS",
+        "GATEWAY_IDLE_TIMEOUT_MS",
+    ] {
+        let e = with_env(&[(var, "0")], || Settings::load(None)).unwrap_err();
+        assert!(e.to_string().contains(var), "{e}");
+    }
+}

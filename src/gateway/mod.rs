@@ -15,6 +15,7 @@ use tracing::{field::Empty, Instrument};
 
 use crate::{
     catalog::Endpoint,
+    drain::Drain,
     error::{Error, FieldViolation},
     feishu,
     metrics::Metrics,
@@ -155,6 +156,8 @@ pub struct Gateway {
     limiter: Limiter,
     default_app: Arc<str>,
     metrics: Arc<Metrics>,
+    /// Bounds every call once the gateway begins to stop.
+    drain: Drain,
 }
 
 impl Gateway {
@@ -171,7 +174,13 @@ impl Gateway {
             limiter,
             default_app,
             metrics,
+            drain: Drain::default(),
         }
+    }
+
+    /// The drain this gateway's calls end by.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
     }
 
     pub fn tokens(&self) -> &TokenManager {
@@ -183,7 +192,32 @@ impl Gateway {
     }
 
     /// Validates, then sends `req` to its endpoint.
+    ///
+    /// Once the gateway drains, the call ends by the drain's deadline: a
+    /// wait for a token, a slot or a retry is cut short there (UNAVAILABLE,
+    /// nothing was sent), like a caller going away. A write already on the
+    /// wire still runs to Feishu's answer, within the upstream timeout.
     pub async fn call<O: Operation>(
+        &self,
+        ctx: &CallContext,
+        req: &O,
+    ) -> Result<Answer<O::Output>, Error> {
+        let work = self.send(ctx, req);
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            answer = &mut work => answer,
+            () = self.drain.passed() => {
+                if ctx.commit.caller_left() {
+                    Err(drained(O::ENDPOINT.name))
+                } else {
+                    work.await
+                }
+            }
+        }
+    }
+
+    async fn send<O: Operation>(
         &self,
         ctx: &CallContext,
         req: &O,
@@ -237,6 +271,10 @@ impl Gateway {
             self.limiter
                 .acquire(&quota_key, caller, endpoint, ctx.deadline, need)
                 .await?;
+            // Draining: no send whose answer could not be back by the drain's deadline.
+            if !self.drain.leaves(need) {
+                return Err(drained(endpoint.name));
+            }
             if !ctx.commit.begin_send() {
                 return Err(Error::Cancelled {
                     endpoint: endpoint.name,
@@ -340,6 +378,16 @@ impl Gateway {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The call's end when the gateway stops before anything was sent.
+fn drained(endpoint: &'static str) -> Error {
+    Error::Unavailable {
+        reason: "GATEWAY_DRAINING",
+        message: format!(
+            "the gateway is shutting down and did not send {endpoint} to Feishu; retry, another replica will serve it"
+        ),
     }
 }
 
