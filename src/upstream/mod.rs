@@ -142,11 +142,6 @@ impl Upstream {
         map.entry(ANY).or_default().observe(took);
     }
 
-    /// The bound on one exchange when nothing tighter applies.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Sends one POST. Never retries: the caller decides, knowing the fault.
     pub async fn post(&self, req: Outgoing<'_>) -> Result<RawAnswer, UpstreamFault> {
         let now = Instant::now();
