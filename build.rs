@@ -1,81 +1,138 @@
-//! Compiles the protos with protox (no system `protoc`), generates the tonic
-//! code, and writes the descriptor set that server reflection serves.
+//! Compiles every proto under `proto/` with protox (no system `protoc`) and
+//! writes the descriptor set that the gateway's routes are read from and that
+//! server reflection serves: the whole corehr v2 and hire v1 surface.
 //!
-//! Request messages derive `serde::Serialize` so that a message *is* the JSON
-//! body Feishu expects (the field names are Feishu's); fields that travel in
-//! the path or the query are skipped here and placed by the endpoint catalog.
-//! Response messages derive `serde::Deserialize` from Feishu's `data` object.
+//! Rust code is generated only for the four seed RPCs and their messages
+//! (the tests, the benchmark and Rust callers use them as a typed client);
+//! the gateway itself serves every RPC, seeds included, from the descriptor
+//! set, so the other endpoints cost no compiled code per message.
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    collections::{BTreeSet, HashSet},
+    env, fs,
+    path::{Path, PathBuf},
+};
 
-const PROTOS: &[&str] = &[
-    "feishu/corehr/v2/pre_hire.proto",
-    "feishu/corehr/v2/offboarding.proto",
-    "feishu/hire/v1/application.proto",
+use prost_types::{DescriptorProto, FileDescriptorSet};
+
+/// The RPCs that get Rust types (full method names).
+const TYPED: &[&str] = &[
+    "feishu.corehr.v2.PreHireService.WithdrawOnboarding",
+    "feishu.corehr.v2.PreHireService.RestoreFlowInstance",
+    "feishu.corehr.v2.OffboardingService.Revoke",
+    "feishu.hire.v1.ApplicationService.CancelOnboard",
 ];
 
-/// Messages sent to Feishu as the JSON body.
-const REQUESTS: &[&str] = &[
-    "feishu.corehr.v2.WithdrawOnboardingRequest",
-    "feishu.corehr.v2.RestoreFlowInstanceRequest",
-    "feishu.corehr.v2.RevokeRequest",
-    "feishu.hire.v1.CancelOnboardRequest",
-];
-
-/// Messages read from Feishu's `data` object.
-const RESPONSES: &[&str] = &[
-    "feishu.corehr.v2.WithdrawOnboardingResponse",
-    "feishu.corehr.v2.RestoreFlowInstanceResponse",
-    "feishu.corehr.v2.RevokeResponse",
-    "feishu.hire.v1.CancelOnboardResponse",
-];
-
-/// Request fields that are not part of the JSON body (path or query parameters).
-const NOT_IN_BODY: &[&str] = &[
-    "feishu.corehr.v2.RevokeRequest.user_id_type",
-    "feishu.hire.v1.CancelOnboardRequest.application_id",
-];
-
-/// Optional request fields: absent stays absent in the JSON body.
-const OPTIONAL: &[&str] = &[
-    "feishu.corehr.v2.RestoreFlowInstanceRequest.confirm_workforce",
-    "feishu.corehr.v2.RevokeRequest.operator_id",
-    "feishu.hire.v1.CancelOnboardRequest.termination_reason_notes",
-];
-
-/// Repeated request fields: an empty list is not sent.
-const REPEATED: &[&str] = &["feishu.hire.v1.CancelOnboardRequest.termination_reason_id_list"];
+fn protos(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            protos(&path, root, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    Ok(())
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let files: Vec<String> = PROTOS.iter().map(|p| format!("proto/{p}")).collect();
-    for f in &files {
-        println!("cargo:rerun-if-changed={f}");
-    }
-    let fds = protox::compile(PROTOS, ["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    let root = Path::new("proto");
+    let mut files = Vec::new();
+    protos(root, root, &mut files)?;
+    files.sort();
+    let mut compiler = protox::Compiler::new([root])?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(&files)?;
+    // Encoded by protox itself: `prost_types` would drop the custom options
+    // (`feishu.api.route`, …), which it keeps as extensions it does not know.
     fs::write(
         out_dir.join("feishu_gateway_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )?;
-
-    let mut build = tonic_prost_build::configure()
+    let fds = compiler.file_descriptor_set();
+    tonic_prost_build::configure()
         .build_server(true)
-        .build_client(true);
-    for m in REQUESTS {
-        build = build.message_attribute(*m, "#[derive(serde::Serialize)]");
-    }
-    for m in RESPONSES {
-        build = build.message_attribute(*m, "#[derive(serde::Deserialize)] #[serde(default)]");
-    }
-    for f in NOT_IN_BODY {
-        build = build.field_attribute(*f, "#[serde(skip)]");
-    }
-    for f in OPTIONAL {
-        build = build.field_attribute(*f, "#[serde(skip_serializing_if = \"Option::is_none\")]");
-    }
-    for f in REPEATED {
-        build = build.field_attribute(*f, "#[serde(skip_serializing_if = \"Vec::is_empty\")]");
-    }
-    build.compile_fds(fds)?;
+        .build_client(true)
+        .compile_fds(typed_only(fds))?;
     Ok(())
+}
+
+/// The descriptor set pruned to the typed RPCs, the services that hold them
+/// and the messages and enums they reach.
+fn typed_only(mut fds: FileDescriptorSet) -> FileDescriptorSet {
+    // Message and enum names (".pkg.Name") reachable from the typed RPCs.
+    let mut messages = std::collections::HashMap::new();
+    for file in &fds.file {
+        let pkg = file.package();
+        for m in &file.message_type {
+            collect(&format!(".{pkg}"), m, &mut messages);
+        }
+    }
+    let mut wanted = BTreeSet::new();
+    let mut todo: Vec<String> = Vec::new();
+    for file in &fds.file {
+        for s in &file.service {
+            for m in &s.method {
+                let full = format!("{}.{}.{}", file.package(), s.name(), m.name());
+                if TYPED.contains(&full.as_str()) {
+                    todo.push(m.input_type().to_owned());
+                    todo.push(m.output_type().to_owned());
+                }
+            }
+        }
+    }
+    while let Some(name) = todo.pop() {
+        if !wanted.insert(name.clone()) {
+            continue;
+        }
+        if let Some(m) = messages.get(&name) {
+            for f in &m.field {
+                if !f.type_name().is_empty() {
+                    todo.push(f.type_name().to_owned());
+                }
+            }
+        }
+    }
+    let keep_top = |pkg: &str, name: &str| {
+        let top = format!(".{pkg}.{name}");
+        let nested = format!("{top}.");
+        wanted.contains(&top) || wanted.iter().any(|w| w.starts_with(&nested))
+    };
+    fds.file
+        .retain(|f| !f.package().starts_with("google.") && f.package() != "feishu.api");
+    let mut used_files = HashSet::new();
+    for file in &mut fds.file {
+        let pkg = file.package().to_owned();
+        file.message_type.retain(|m| keep_top(&pkg, m.name()));
+        file.enum_type.retain(|e| keep_top(&pkg, e.name()));
+        for s in &mut file.service {
+            let service = s.name().to_owned();
+            s.method
+                .retain(|m| TYPED.contains(&format!("{pkg}.{service}.{}", m.name()).as_str()));
+        }
+        file.service.retain(|s| !s.method.is_empty());
+        if !file.message_type.is_empty() || !file.enum_type.is_empty() || !file.service.is_empty() {
+            used_files.insert(file.name().to_owned());
+        }
+    }
+    fds.file.retain(|f| used_files.contains(f.name()));
+    fds
+}
+
+fn collect<'a>(
+    scope: &str,
+    m: &'a DescriptorProto,
+    out: &mut std::collections::HashMap<String, &'a DescriptorProto>,
+) {
+    let name = format!("{scope}.{}", m.name());
+    for nested in &m.nested_type {
+        collect(&name, nested, out);
+    }
+    out.insert(name, m);
 }

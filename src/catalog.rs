@@ -1,10 +1,11 @@
 //! The endpoint catalog: what the gateway knows about each Feishu API it calls.
 //!
-//! One row per endpoint, read from its Feishu document: method, path
-//! template, permission scope, documented frequency limits, and whether it
-//! changes state. Everything else (building the REST request, picking the
-//! quota key, naming the endpoint in errors and metrics) reads these rows, so
-//! adding the next Feishu API is one proto and one row here.
+//! One row per endpoint: method, path template, permission scope, documented
+//! frequency limits, and whether it changes state. The business rows are
+//! read from the route options of the protos (`route`), so adding the next
+//! Feishu API is one proto; the token endpoints, which no RPC exposes, are
+//! written here. Everything else (the quota key, the endpoint's name in
+//! errors and metrics) reads these rows.
 
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ impl std::fmt::Display for Window {
 pub struct Endpoint {
     /// Stable name used in metrics, logs, error details and limit overrides.
     pub name: &'static str,
-    /// HTTP method (every endpoint here is a `POST`).
+    /// HTTP method: `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
     pub method: &'static str,
     /// Path template; `:name` segments are filled, percent-encoded, from the request.
     pub path: &'static str,
@@ -61,46 +62,6 @@ pub struct Endpoint {
     pub already_applied: &'static [i64],
 }
 
-pub const WITHDRAW_ONBOARDING: Endpoint = Endpoint {
-    name: "corehr.v2.pre_hires.withdraw_onboarding",
-    method: "POST",
-    path: "/open-apis/corehr/v2/pre_hires/withdraw_onboarding",
-    scope: "corehr:pre_hire:withdraw_onboarding",
-    limits: &[Window::per_minute(100)],
-    write: true,
-    already_applied: &[],
-};
-
-pub const RESTORE_FLOW_INSTANCE: Endpoint = Endpoint {
-    name: "corehr.v2.pre_hires.restore_flow_instance",
-    method: "POST",
-    path: "/open-apis/corehr/v2/pre_hires/restore_flow_instance",
-    scope: "corehr:pre_hire:restore_flow_instance",
-    limits: &[Window::per_minute(100)],
-    write: true,
-    already_applied: &[],
-};
-
-pub const REVOKE_OFFBOARDING: Endpoint = Endpoint {
-    name: "corehr.v2.offboardings.revoke",
-    method: "POST",
-    path: "/open-apis/corehr/v2/offboardings/revoke",
-    scope: "corehr:offboarding.revoke:write",
-    limits: &[],
-    write: true,
-    already_applied: &[1160202],
-};
-
-pub const CANCEL_ONBOARD: Endpoint = Endpoint {
-    name: "hire.v1.applications.cancel_onboard",
-    method: "POST",
-    path: "/open-apis/hire/v1/applications/:application_id/cancel_onboard",
-    scope: "hire:application",
-    limits: &[Window::per_second(10)],
-    write: true,
-    already_applied: &[1002221],
-};
-
 /// The self-built app's token endpoint (not rate limited by the gateway: one call per token window).
 pub const TENANT_ACCESS_TOKEN_INTERNAL: Endpoint = Endpoint {
     name: "auth.v3.tenant_access_token.internal",
@@ -112,36 +73,7 @@ pub const TENANT_ACCESS_TOKEN_INTERNAL: Endpoint = Endpoint {
     already_applied: &[],
 };
 
-/// Every business endpoint the gateway forwards to.
-pub const BUSINESS: &[&Endpoint] = &[
-    &WITHDRAW_ONBOARDING,
-    &RESTORE_FLOW_INSTANCE,
-    &REVOKE_OFFBOARDING,
-    &CANCEL_ONBOARD,
-];
-
-/// Looks an endpoint up by its stable name (configuration overrides use names).
+/// Looks a business endpoint up by its stable name (configuration overrides use names).
 pub fn by_name(name: &str) -> Option<&'static Endpoint> {
-    BUSINESS.iter().copied().find(|e| e.name == name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_are_the_documented_ones() {
-        assert_eq!(WITHDRAW_ONBOARDING.limits, &[Window::per_minute(100)]);
-        assert_eq!(RESTORE_FLOW_INSTANCE.limits, &[Window::per_minute(100)]);
-        assert_eq!(CANCEL_ONBOARD.limits, &[Window::per_second(10)]);
-        assert!(REVOKE_OFFBOARDING.limits.is_empty());
-    }
-
-    #[test]
-    fn names_are_unique_and_resolvable() {
-        for e in BUSINESS {
-            assert_eq!(by_name(e.name), Some(*e));
-        }
-        assert_eq!(by_name("nope"), None);
-    }
+    crate::route::catalog().by_name(name).map(|r| r.endpoint)
 }

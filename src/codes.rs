@@ -15,9 +15,14 @@ pub enum Retry {
     Yes,
 }
 
-/// One row of the catalog.
+/// One row of the catalog, keyed by (endpoints, code): a business code
+/// means what the seed document of its endpoints says, and only there (the
+/// same number on another endpoint is another error); platform and token
+/// codes mean the same on every endpoint.
 #[derive(Debug)]
 pub struct CodeInfo {
+    /// The endpoints whose documents define the code; empty for any endpoint.
+    pub endpoints: &'static [&'static str],
     pub code: i64,
     pub grpc: Code,
     /// Stable UPPER_SNAKE reason for `ErrorInfo.reason`.
@@ -39,6 +44,7 @@ const fn row(
     zh: &'static str,
 ) -> CodeInfo {
     CodeInfo {
+        endpoints: family(code),
         code,
         grpc,
         reason,
@@ -46,6 +52,26 @@ const fn row(
         precondition,
         en,
         zh,
+    }
+}
+
+/// The seed endpoints, by the code family their documents use.
+const PRE_HIRE: &[&str] = &[
+    "corehr.v2.pre_hires.withdraw_onboarding",
+    "corehr.v2.pre_hires.restore_flow_instance",
+];
+const OFFBOARDING: &[&str] = &["corehr.v2.offboardings.revoke"];
+const APPLICATION: &[&str] = &["hire.v1.applications.cancel_onboard"];
+
+/// Which endpoints a code belongs to: corehr pre-hire 1161xxx, offboarding
+/// 1160xxx, hire 1002xxx (each from its seed document); the platform's
+/// 99991xxx and the token endpoints' 100xx everywhere.
+const fn family(code: i64) -> &'static [&'static str] {
+    match code / 1000 {
+        1161 => PRE_HIRE,
+        1160 => OFFBOARDING,
+        1002 => APPLICATION,
+        _ => &[],
     }
 }
 
@@ -189,19 +215,53 @@ pub const CATALOG: &[CodeInfo] = &[
         "飞书认为网关的 App Secret 无效，请运维修正 FEISHU_APP_SECRET。"),
 ];
 
-/// The catalog row of a Feishu code, if it is a known one.
-pub fn lookup(code: i64) -> Option<&'static CodeInfo> {
-    CATALOG.iter().find(|c| c.code == code)
+/// The catalog row of a Feishu code on `endpoint`, if it is a known one there.
+pub fn lookup(endpoint: &str, code: i64) -> Option<&'static CodeInfo> {
+    CATALOG
+        .iter()
+        .find(|c| c.code == code && (c.endpoints.is_empty() || c.endpoints.contains(&endpoint)))
+}
+
+/// Whether a code is in the catalog for some endpoint (metric labels take only these).
+pub fn is_catalogued(code: i64) -> bool {
+    CATALOG.iter().any(|c| c.code == code)
+}
+
+/// Whether `endpoint`'s own codes are catalogued (the seed endpoints): its
+/// unknown codes are then UNKNOWN, a code its document does not list.
+/// Without a catalog, [`generic`] maps by HTTP status instead.
+pub fn has_catalog(endpoint: &str) -> bool {
+    CATALOG.iter().any(|c| c.endpoints.contains(&endpoint))
+}
+
+/// The AIP-193 mapping of a code no catalog describes, by Feishu's HTTP
+/// status: 400 FAILED_PRECONDITION, 403 PERMISSION_DENIED, 404 NOT_FOUND,
+/// 429 RESOURCE_EXHAUSTED, 5xx UNAVAILABLE (a retry can succeed); a
+/// business refusal sent with 200 is FAILED_PRECONDITION. Its reason is
+/// `FEISHU_<code>`.
+pub fn generic(http_status: u16) -> (Code, Retry) {
+    match http_status {
+        403 => (PermissionDenied, No),
+        404 => (NotFound, No),
+        429 => (ResourceExhausted, Yes),
+        500..=599 => (Unavailable, Yes),
+        _ => (FailedPrecondition, No),
+    }
 }
 
 /// Renders the catalog as the Markdown table of `docs/errors.md`.
 pub fn render_markdown() -> String {
     let mut out = String::from(
-        "| Feishu code | gRPC code | reason | retry | message (en) | message (zh) |\n| --- | --- | --- | --- | --- | --- |\n",
+        "| endpoints | Feishu code | gRPC code | reason | retry | message (en) | message (zh) |\n| --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for c in CATALOG {
+        let endpoints = if c.endpoints.is_empty() {
+            "any".to_owned()
+        } else {
+            c.endpoints.join(", ")
+        };
         out.push_str(&format!(
-            "| {} | {} | `{}` | {} | {} | {} |\n",
+            "| {endpoints} | {} | {} | `{}` | {} | {} | {} |\n",
             c.code,
             code_name(c.grpc),
             c.reason,
@@ -277,7 +337,7 @@ mod tests {
                 for col in cols {
                     if col.len() == 7 && col.chars().all(|c| c.is_ascii_digit()) {
                         let code: i64 = col.parse().unwrap_or_default();
-                        assert!(lookup(code).is_some(), "{code} from {:?}", entry.path());
+                        assert!(is_catalogued(code), "{code} from {:?}", entry.path());
                         seen += 1;
                     }
                 }
@@ -293,7 +353,7 @@ mod tests {
         let doc = std::fs::read_to_string(&path).unwrap_or_default();
         if std::env::var_os("UPDATE_DOCS").is_some() {
             let start = doc
-                .find("| Feishu code |")
+                .find("| endpoints | Feishu code |")
                 .expect("docs/errors.md has the table header");
             let end = doc[start..]
                 .find("\n\n")

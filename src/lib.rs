@@ -20,6 +20,7 @@ pub mod latency;
 pub mod metrics;
 pub mod pb;
 pub mod quota;
+pub mod route;
 pub mod sandbox;
 pub mod telemetry;
 pub mod token;

@@ -42,7 +42,7 @@ pub struct UpstreamLabels {
 pub fn feishu_code_label(code: i64) -> Cow<'static, str> {
     match code {
         0 => Cow::Borrowed("0"),
-        code if crate::codes::lookup(code).is_some() => Cow::Owned(code.to_string()),
+        code if crate::codes::is_catalogued(code) => Cow::Owned(code.to_string()),
         _ => Cow::Borrowed("other"),
     }
 }

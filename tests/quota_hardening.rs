@@ -16,7 +16,7 @@ use std::{
 use common::redis_server::Server;
 use feishu_gateway::{
     auth::key_hash,
-    catalog::{Window, CANCEL_ONBOARD},
+    catalog::{self, Endpoint, Window},
     config::{CallerSettings, Settings, WindowSetting},
     pb::feishu::hire::v1::{
         application_service_client::ApplicationServiceClient, CancelOnboardRequest, TerminationType,
@@ -27,6 +27,11 @@ use feishu_gateway::{
 use tokio::time::Instant as TokioInstant;
 use tonic::{transport::Channel, Code, Request};
 use tonic_types::StatusExt;
+
+/// CancelOnboard's catalog row, as its route options give it.
+fn cancel_onboard() -> &'static Endpoint {
+    catalog::by_name("hire.v1.applications.cancel_onboard").expect("CancelOnboard has a route")
+}
 
 const CANCEL: &str = "hire.v1.applications.cancel_onboard";
 
@@ -41,13 +46,13 @@ fn key(app: &str) -> QuotaKey {
     QuotaKey {
         app: app.into(),
         tenant: None,
-        endpoint: CANCEL_ONBOARD.name,
+        endpoint: cancel_onboard().name,
     }
 }
 
 /// The Redis key of the 1 s window of cancel_onboard for `app`.
 fn window_key(app: &str) -> String {
-    format!("fgw:q:{{{app}|-|{}}}:w:1000", CANCEL_ONBOARD.name)
+    format!("fgw:q:{{{app}|-|{}}}:w:1000", cancel_onboard().name)
 }
 
 async fn zcard(server: &Server, key: &str) -> u64 {
@@ -67,7 +72,7 @@ async fn shared_limiter(
     replicas: u32,
 ) -> Limiter {
     let table = LimitTable::new(
-        HashMap::from([(CANCEL_ONBOARD.name.to_owned(), vec![limit])]),
+        HashMap::from([(cancel_onboard().name.to_owned(), vec![limit])]),
         Vec::new(),
     );
     let limiter = Limiter::shared(table, max_wait, 1000, server.url(), replicas);
@@ -93,7 +98,7 @@ async fn acquire(
         .acquire(
             &key(app),
             anonymous(),
-            &CANCEL_ONBOARD,
+            cancel_onboard(),
             Some(deadline),
             Duration::ZERO,
         )

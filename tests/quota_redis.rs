@@ -13,7 +13,7 @@ use std::{
 use common::redis_server::Server;
 
 use feishu_gateway::{
-    catalog::{Endpoint, Window, CANCEL_ONBOARD},
+    catalog::{self, Endpoint, Window},
     error::Throttled,
     quota::{
         anonymous,
@@ -411,7 +411,8 @@ async fn a_shared_slot_whose_caller_went_away_is_given_back() {
 
 /// A limiter sharing a 1-per-second quota through `server`, once it uses Redis.
 async fn shared_limiter(server: &Server) -> (Limiter, &'static Endpoint) {
-    let endpoint = &CANCEL_ONBOARD;
+    let endpoint =
+        catalog::by_name("hire.v1.applications.cancel_onboard").expect("CancelOnboard has a route");
     let table = LimitTable::new(
         HashMap::from([(endpoint.name.to_owned(), vec![Window::per_second(1)])]),
         Vec::new(),

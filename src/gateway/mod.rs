@@ -3,55 +3,24 @@
 //! otherwise get wrong — validation first, a limiter slot and a valid token
 //! for every send, and retries only where Feishu certainly ran nothing.
 
-mod operations;
 pub mod path;
 
 use std::{borrow::Cow, sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use serde::{de::DeserializeOwned, Serialize};
+use prost_reflect::DynamicMessage;
 use tokio::time::Instant;
 use tracing::{field::Empty, Instrument};
 
 use crate::{
-    catalog::Endpoint,
     drain::Drain,
-    error::{Error, FieldViolation},
+    error::Error,
     feishu,
     metrics::Metrics,
     quota::{self, Limiter, QuotaKey},
+    route::{self, Route},
     token::TokenManager,
     upstream::{Outgoing, Upstream},
 };
-
-pub use operations::{TERMINATION_NOTES_MAX, TERMINATION_REASONS_MAX, WITHDRAW_REASON_MAX};
-
-/// A request message that one Feishu endpoint serves. The message serializes
-/// to the endpoint's JSON body; this trait adds what does not go there.
-pub trait Operation: Serialize + Sync {
-    /// Deserialized from Feishu's `data`.
-    type Output: DeserializeOwned + Default + Send;
-    /// The catalog row.
-    const ENDPOINT: &'static Endpoint;
-
-    /// Values for the `:name` segments of the path template, in order.
-    fn path_params(&self) -> Vec<&str> {
-        Vec::new()
-    }
-    /// Query parameters.
-    fn query(&self) -> Vec<(&'static str, &'static str)> {
-        Vec::new()
-    }
-    /// Appends every rule this request breaks.
-    fn validate(&self, out: &mut Vec<FieldViolation>);
-    /// The resource acted on, for error details and the audit trail.
-    fn subject(&self) -> String;
-    /// What the audit trail keeps of the request: other IDs involved and the
-    /// length of its free text (never the text itself).
-    fn audit(&self) -> AuditFacts {
-        AuditFacts::default()
-    }
-}
 
 /// The audit trail's view of a request, beyond its subject.
 #[derive(Debug, Default)]
@@ -139,8 +108,9 @@ impl Commit {
 
 /// A successful call.
 #[derive(Debug)]
-pub struct Answer<T> {
-    pub value: T,
+pub struct Answer {
+    /// Feishu's `data`, as the RPC's response message.
+    pub value: DynamicMessage,
     /// Feishu's `X-Tt-Logid`.
     pub log_id: Option<String>,
 }
@@ -197,19 +167,20 @@ impl Gateway {
     /// wait for a token, a slot or a retry is cut short there (UNAVAILABLE,
     /// nothing was sent), like a caller going away. A write already on the
     /// wire still runs to Feishu's answer, within the upstream timeout.
-    pub async fn call<O: Operation>(
+    pub async fn call(
         &self,
         ctx: &CallContext,
-        req: &O,
-    ) -> Result<Answer<O::Output>, Error> {
-        let work = self.send(ctx, req);
+        route: &'static Route,
+        req: &DynamicMessage,
+    ) -> Result<Answer, Error> {
+        let work = self.send(ctx, route, req);
         tokio::pin!(work);
         tokio::select! {
             biased;
             answer = &mut work => answer,
             () = self.drain.passed() => {
                 if ctx.commit.caller_left() {
-                    Err(drained(O::ENDPOINT.name))
+                    Err(drained(route.endpoint.name))
                 } else {
                     work.await
                 }
@@ -217,31 +188,33 @@ impl Gateway {
         }
     }
 
-    async fn send<O: Operation>(
+    async fn send(
         &self,
         ctx: &CallContext,
-        req: &O,
-    ) -> Result<Answer<O::Output>, Error> {
-        let endpoint = O::ENDPOINT;
+        route: &'static Route,
+        req: &DynamicMessage,
+    ) -> Result<Answer, Error> {
+        let endpoint = route.endpoint;
         let mut violations = Vec::new();
-        req.validate(&mut violations);
+        route.validate(req, &mut violations);
         if !violations.is_empty() {
             return Err(Error::InvalidRequest(violations));
         }
-        let path =
-            path::render(endpoint.path, &req.path_params(), &req.query()).ok_or_else(|| {
-                Error::Unavailable {
-                    reason: "CATALOG_MISMATCH",
-                    message: format!(
-                        "the catalog row of {} does not fit its request",
-                        endpoint.name
-                    ),
-                }
-            })?;
-        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Error::Unavailable {
-            reason: "ENCODING_FAILED",
-            message: format!("cannot encode the request body: {e}"),
-        })?);
+        if !route.tenant_token {
+            return Err(Error::NotConfigured {
+                reason: "TOKEN_TYPE_UNSUPPORTED",
+                message: format!(
+                    "{} accepts only a {} access token; the gateway holds tenant_access_tokens only, and sent nothing",
+                    endpoint.name,
+                    route.tokens.join(" or ")
+                ),
+            });
+        }
+        let rendered = route.render(req).ok_or_else(|| Error::Unavailable {
+            reason: "CATALOG_MISMATCH",
+            message: format!("the route of {} does not fit its request", endpoint.name),
+        })?;
+        let (path, body) = (rendered.path_and_query, rendered.body);
         let app = match ctx.app.as_deref() {
             None | Some("") => &*self.default_app,
             Some(name) => name,
@@ -294,7 +267,8 @@ impl Gateway {
             let sent_at = Instant::now();
             let sent = self
                 .upstream
-                .post(Outgoing {
+                .send(Outgoing {
+                    method: endpoint.method,
                     endpoint: endpoint.name,
                     path_and_query: &path,
                     bearer: Some(token.bearer()),
@@ -312,8 +286,9 @@ impl Gateway {
             let raw = match sent {
                 Ok(raw) => raw,
                 // Nothing reached Feishu: trying again cannot run the write twice.
+                // A read may be sent again whatever happened: it changes nothing.
                 Err(fault)
-                    if fault.nothing_sent()
+                    if (fault.nothing_sent() || !endpoint.write)
                         && ctx.commit.nothing_sent()
                         && attempt < MAX_ATTEMPTS
                         && time_left(ctx.deadline, Duration::from_millis(50)) =>
@@ -329,7 +304,9 @@ impl Gateway {
             if let Some(l) = &log_id {
                 span.record("feishu.log_id", l.as_str());
             }
-            let answer = feishu::interpret::<O::Output>(endpoint.name, || req.subject(), raw);
+            let answer =
+                feishu::interpret::<serde_json::Value>(endpoint.name, || route.subject(req), raw)
+                    .map(|data| route::json::message_from_json(&route.output, &data));
             let code = match &answer {
                 Ok(_) => 0,
                 Err(Error::Feishu(f)) => f.code,

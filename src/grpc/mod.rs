@@ -4,6 +4,7 @@
 //! and — every call here changes state in Feishu — one audit record.
 
 pub mod context;
+pub mod dynamic;
 pub mod idempotent;
 pub mod server;
 pub mod status;
@@ -14,6 +15,7 @@ use std::{
 };
 
 use prost::Message as _;
+use prost_reflect::DynamicMessage;
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
@@ -23,10 +25,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::{
     config::DEFAULT_APP,
     error::{Error, FaultKind, Sent, UpstreamFault},
-    gateway::{Answer, Commit, Gateway, Operation},
+    gateway::{Answer, Commit, Gateway},
     idempotency::{IdempotencyStore, Lease, Outcome, Scope},
     metrics::Metrics,
-    pb::feishu::{corehr::v2 as corehr, hire::v1 as hire},
+    route::Route,
     telemetry,
     upstream::LOG_ID_HEADER,
 };
@@ -35,7 +37,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerIdentity(pub Arc<str>);
 
-/// Implements the three generated service traits over one gateway.
+/// Serves every route over one gateway (see [`dynamic`] for the tonic side).
 #[derive(Clone)]
 pub struct Services {
     gateway: Gateway,
@@ -66,15 +68,14 @@ impl Services {
         }
     }
 
-    async fn handle<O>(
+    /// One call of `route`, whatever its RPC: the same metrics, span,
+    /// idempotency, audit and answer for every endpoint.
+    pub async fn handle(
         &self,
-        method: &'static str,
-        request: Request<O>,
-    ) -> Result<Response<O::Output>, Status>
-    where
-        O: Operation + prost::Message + Send + 'static,
-        O::Output: prost::Message + 'static,
-    {
+        route: &'static Route,
+        request: Request<DynamicMessage>,
+    ) -> Result<Response<DynamicMessage>, Status> {
+        let method = route.grpc_method;
         let started = Instant::now();
         let in_flight = self.metrics.rpc_started();
         // Idempotency keys are scoped to the configured caller; without
@@ -118,13 +119,13 @@ impl Services {
         let deadline = ctx.answer_by;
         let commit = ctx.commit.clone();
         let message = request.into_inner();
-        let facts = message.audit();
+        let facts = route.audit(&message);
         let mut record = Record {
             metrics: self.metrics.clone(),
             method,
             started,
             caller,
-            subject: message.subject(),
+            subject: route.subject(&message),
             related: facts.related.join(","),
             text_chars: facts.text_chars,
             span: span.clone(),
@@ -185,7 +186,7 @@ impl Services {
                 }
                 idempotent::Claim::Replay(outcome) => {
                     record.idempotent = "replayed";
-                    return record.replay::<O::Output>(outcome);
+                    return record.replay(route, outcome);
                 }
             }
         }
@@ -197,10 +198,10 @@ impl Services {
         // a caller that goes away cancels it (see `Cancel`).
         let mut task = self.calls.spawn(async move {
             let _in_flight = in_flight;
-            let mut result = gateway.call(&ctx, &message).instrument(span).await;
+            let mut result = gateway.call(&ctx, route, &message).instrument(span).await;
             let mut reconciled = false;
             if let (Some((_, true)), Err(e)) = (&lease, &result) {
-                if idempotent::reconciles(O::ENDPOINT, e) {
+                if idempotent::reconciles(route.endpoint, e) {
                     // Feishu says the target state already holds: the
                     // earlier, unanswered attempt applied.
                     let log_id = match e {
@@ -208,7 +209,7 @@ impl Services {
                         _ => None,
                     };
                     result = Ok(Answer {
-                        value: O::Output::default(),
+                        value: DynamicMessage::new(route.output.clone()),
                         log_id,
                     });
                     reconciled = true;
@@ -277,7 +278,7 @@ impl Services {
                             let _ = told.0.set(Code::DeadlineExceeded);
                             return Err(status::to_status(
                                 &Error::Upstream(Box::new(UpstreamFault::new(
-                                    O::ENDPOINT.name,
+                                    route.endpoint.name,
                                     FaultKind::CallerDeadline,
                                     Sent::Maybe,
                                     "the write was sent; its answer did not come before the caller's deadline, and its outcome goes to the audit trail".into(),
@@ -381,13 +382,14 @@ impl Record {
     }
 
     /// Answers with a key's recorded first outcome, audited as a replay.
-    fn replay<T: prost::Message + Default>(
+    fn replay(
         mut self,
+        route: &Route,
         outcome: Outcome,
-    ) -> Result<Response<T>, Status> {
+    ) -> Result<Response<DynamicMessage>, Status> {
         match outcome {
             Outcome::Ok { response, log_id } => {
-                let Ok(value) = T::decode(response) else {
+                let Ok(value) = DynamicMessage::decode(route.output.clone(), response) else {
                     let status = Status::internal(
                         "the recorded answer of this idempotency-key cannot be read; nothing was sent",
                     );
@@ -463,41 +465,4 @@ pub mod methods {
     pub const RESTORE_FLOW_INSTANCE: &str = "feishu.corehr.v2.PreHireService/RestoreFlowInstance";
     pub const REVOKE: &str = "feishu.corehr.v2.OffboardingService/Revoke";
     pub const CANCEL_ONBOARD: &str = "feishu.hire.v1.ApplicationService/CancelOnboard";
-}
-
-#[tonic::async_trait]
-impl corehr::pre_hire_service_server::PreHireService for Services {
-    async fn withdraw_onboarding(
-        &self,
-        request: Request<corehr::WithdrawOnboardingRequest>,
-    ) -> Result<Response<corehr::WithdrawOnboardingResponse>, Status> {
-        self.handle(methods::WITHDRAW_ONBOARDING, request).await
-    }
-
-    async fn restore_flow_instance(
-        &self,
-        request: Request<corehr::RestoreFlowInstanceRequest>,
-    ) -> Result<Response<corehr::RestoreFlowInstanceResponse>, Status> {
-        self.handle(methods::RESTORE_FLOW_INSTANCE, request).await
-    }
-}
-
-#[tonic::async_trait]
-impl corehr::offboarding_service_server::OffboardingService for Services {
-    async fn revoke(
-        &self,
-        request: Request<corehr::RevokeRequest>,
-    ) -> Result<Response<corehr::RevokeResponse>, Status> {
-        self.handle(methods::REVOKE, request).await
-    }
-}
-
-#[tonic::async_trait]
-impl hire::application_service_server::ApplicationService for Services {
-    async fn cancel_onboard(
-        &self,
-        request: Request<hire::CancelOnboardRequest>,
-    ) -> Result<Response<hire::CancelOnboardResponse>, Status> {
-        self.handle(methods::CANCEL_ONBOARD, request).await
-    }
 }

@@ -27,23 +27,8 @@ use tonic_health::{
 use super::Services;
 use crate::conn::{self, Conn, Transport};
 use crate::drain::Drain;
-use crate::pb::{
-    self,
-    feishu::{
-        corehr::v2::{
-            offboarding_service_server::OffboardingServiceServer,
-            pre_hire_service_server::PreHireServiceServer,
-        },
-        hire::v1::application_service_server::ApplicationServiceServer,
-    },
-};
-
-/// Fully-qualified names of the services, as health checks name them.
-pub const SERVICE_NAMES: &[&str] = &[
-    "feishu.corehr.v2.PreHireService",
-    "feishu.corehr.v2.OffboardingService",
-    "feishu.hire.v1.ApplicationService",
-];
+use crate::pb;
+use crate::route;
 
 /// How the port is served: limits, TLS and the caller policy.
 pub struct Serving {
@@ -68,7 +53,7 @@ pub const SMALL_REQUEST_BYTES: usize = 4 * 1024;
 
 /// Marks every service (and the overall status "") as `status`.
 pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    for name in SERVICE_NAMES.iter().copied().chain([""]) {
+    for name in route::catalog().services().into_iter().chain([""]) {
         reporter.set_service_status(name, status).await;
     }
 }
@@ -119,15 +104,68 @@ pub async fn serve(
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_connection_age(Duration::from_secs(30 * 60))
         .layer(serving.auth)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(PreHireServiceServer::new(services.clone()).max_decoding_message_size(max))
-        .add_service(OffboardingServiceServer::new(services.clone()).max_decoding_message_size(max))
-        .add_service(ApplicationServiceServer::new(services).max_decoding_message_size(max))
+        .add_routes(routes(
+            services,
+            max,
+            health,
+            reflection_v1,
+            reflection_v1alpha,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Health, reflection, and every routed service mounted on the one generic
+/// service (by name, as tonic mounts a generated one).
+fn routes<H, R1, R2>(
+    services: Services,
+    max_request_bytes: usize,
+    health: H,
+    reflection_v1: R1,
+    reflection_v1alpha: R2,
+) -> tonic::service::Routes
+where
+    H: tower::Service<
+            http::Request<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Response = http::Response<tonic::body::Body>,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send + 'static,
+    R1: tower::Service<
+            http::Request<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Response = http::Response<tonic::body::Body>,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R1::Future: Send + 'static,
+    R2: tower::Service<
+            http::Request<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Response = http::Response<tonic::body::Body>,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R2::Future: Send + 'static,
+{
+    let mut router = tonic::service::Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router();
+    let dynamic = super::dynamic::RouteService::new(services, max_request_bytes);
+    for name in route::catalog().services() {
+        router = router.route_service(&format!("/{name}/{{*rest}}"), dynamic.clone());
+    }
+    tonic::service::Routes::from(router)
 }
 
 /// Accepts connections within the caps and hands them to tonic, after the

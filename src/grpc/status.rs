@@ -103,13 +103,29 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
 }
 
 fn feishu(f: &FeishuError, locale: Locale) -> Status {
-    let row = codes::lookup(f.code);
+    let row = codes::lookup(f.endpoint, f.code);
+    let generic = row.is_none() && !codes::has_catalog(f.endpoint);
+    let generic_reason;
     let (code, reason) = match row {
         Some(r) => (r.grpc, r.reason),
+        None if generic => {
+            generic_reason = format!("FEISHU_{}", f.code);
+            (codes::generic(f.http_status).0, generic_reason.as_str())
+        }
         None => (Code::Unknown, "UNKNOWN_FEISHU_CODE"),
     };
     let (en, zh) = match row {
         Some(r) => (r.en.to_owned(), r.zh.to_owned()),
+        None if generic => (
+            format!(
+                "Feishu refused the call with code {} (HTTP {}): {}",
+                f.code, f.http_status, f.msg
+            ),
+            format!(
+                "飞书以错误码 {}（HTTP {}）拒绝了请求：{}",
+                f.code, f.http_status, f.msg
+            ),
+        ),
         None => (
             format!(
                 "Feishu answered with code {} that the gateway does not know: {}",
@@ -425,7 +441,7 @@ mod tests {
     #[test]
     fn unknown_feishu_codes_keep_the_raw_code() {
         let f = FeishuError {
-            endpoint: "e",
+            endpoint: "corehr.v2.pre_hires.withdraw_onboarding",
             http_status: 400,
             code: 4242,
             msg: "odd".into(),
@@ -436,5 +452,44 @@ mod tests {
         let info = s.get_error_details().error_info().cloned().unwrap();
         assert_eq!(info.reason, "UNKNOWN_FEISHU_CODE");
         assert_eq!(info.metadata["feishuCode"], "4242");
+    }
+
+    #[test]
+    fn endpoints_without_a_catalog_map_by_http_status() {
+        for (http_status, code, grpc) in [
+            (400, 1161105, Code::FailedPrecondition),
+            (403, 4242, Code::PermissionDenied),
+            (404, 4242, Code::NotFound),
+            (429, 4242, Code::ResourceExhausted),
+            (503, 4242, Code::Unavailable),
+            (200, 4242, Code::FailedPrecondition),
+        ] {
+            let f = FeishuError {
+                // A pre-hire code on another endpoint is not the pre-hire's error.
+                endpoint: "corehr.v2.pre_hires.search",
+                http_status,
+                code,
+                msg: "odd".into(),
+                log_id: Some("L1".into()),
+                ..FeishuError::default()
+            };
+            let s = to_status(&Error::Feishu(Box::new(f)), Locale::English);
+            assert_eq!(s.code(), grpc, "{http_status}");
+            let d = s.get_error_details();
+            let info = d.error_info().cloned().unwrap();
+            assert_eq!(info.reason, format!("FEISHU_{code}"));
+            assert_eq!(info.metadata["feishuCode"], code.to_string());
+            assert_eq!(info.metadata["feishuMsg"], "odd");
+            assert_eq!(d.request_info().map(|r| r.request_id.as_str()), Some("L1"));
+        }
+        // Platform codes mean the same everywhere.
+        let f = FeishuError {
+            endpoint: "corehr.v2.pre_hires.search",
+            http_status: 400,
+            code: 99991672,
+            ..FeishuError::default()
+        };
+        let s = to_status(&Error::Feishu(Box::new(f)), Locale::English);
+        assert_eq!(s.code(), Code::PermissionDenied);
     }
 }

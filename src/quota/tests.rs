@@ -2,7 +2,18 @@
 //! and Feishu's feedback.
 
 use super::*;
-use crate::catalog::CANCEL_ONBOARD;
+use crate::catalog::Endpoint;
+
+/// CancelOnboard's row, as its route options give it.
+const CANCEL_ONBOARD: Endpoint = Endpoint {
+    name: "hire.v1.applications.cancel_onboard",
+    method: "POST",
+    path: "/open-apis/hire/v1/applications/:application_id/cancel_onboard",
+    scope: "hire:application",
+    limits: &[Window::per_second(10)],
+    write: true,
+    already_applied: &[1002221],
+};
 
 #[tokio::test(start_paused = true)]
 async fn a_slot_whose_caller_went_away_goes_to_the_next_caller() {

@@ -65,11 +65,12 @@ impl TokenManager {
         let answer = self
             .inner
             .upstream
-            .post(Outgoing {
+            .send(Outgoing {
+                method: endpoint.method,
                 endpoint: endpoint.name,
                 path_and_query: endpoint.path,
                 bearer: None,
-                body: body.to_string().into(),
+                body: Some(body.to_string().into()),
                 deadline: None,
                 finish_past_deadline: false,
             })

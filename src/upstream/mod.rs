@@ -31,10 +31,13 @@ const ANY: &str = "";
 
 /// A request ready to send: path already encoded, body already serialized.
 pub struct Outgoing<'a> {
+    /// HTTP method, as the route names it (`GET`, `POST`, …).
+    pub method: &'static str,
     pub endpoint: &'static str,
     pub path_and_query: &'a str,
     pub bearer: Option<&'a HeaderValue>,
-    pub body: Bytes,
+    /// JSON body; `None` sends none (GET, DELETE).
+    pub body: Option<Bytes>,
     /// The caller's deadline, if any. Past it, nothing is sent.
     pub deadline: Option<Instant>,
     /// Once on the wire, the exchange runs to its answer (up to the upstream
@@ -143,7 +146,7 @@ impl Upstream {
     }
 
     /// Sends one POST. Never retries: the caller decides, knowing the fault.
-    pub async fn post(&self, req: Outgoing<'_>) -> Result<RawAnswer, UpstreamFault> {
+    pub async fn send(&self, req: Outgoing<'_>) -> Result<RawAnswer, UpstreamFault> {
         let now = Instant::now();
         let left = req.deadline.map(|d| d.saturating_duration_since(now));
         if left == Some(Duration::ZERO) {
@@ -167,14 +170,22 @@ impl Upstream {
         };
         url.set_path(path);
         url.set_query(query);
-        let mut builder = self
-            .client
-            .post(url)
-            .header(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            )
-            .body(req.body);
+        let method = match req.method {
+            "GET" => reqwest::Method::GET,
+            "PUT" => reqwest::Method::PUT,
+            "PATCH" => reqwest::Method::PATCH,
+            "DELETE" => reqwest::Method::DELETE,
+            _ => reqwest::Method::POST,
+        };
+        let mut builder = self.client.request(method, url);
+        if let Some(body) = req.body {
+            builder = builder
+                .header(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                )
+                .body(body);
+        }
         if let Some(bearer) = req.bearer {
             builder = builder.header(http::header::AUTHORIZATION, bearer.clone());
         }

@@ -21,7 +21,7 @@ use feishu_gateway::pb::feishu::{
     },
 };
 use http::HeaderValue;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize};
 use tonic::{Request, Response, Status};
 
 use crate::load::Rest;
@@ -34,6 +34,12 @@ struct Forwarder {
     auth: HeaderValue,
 }
 
+#[derive(Deserialize, Default)]
+struct Success {
+    #[serde(default)]
+    success: bool,
+}
+
 #[derive(Deserialize)]
 struct Envelope<T> {
     code: i64,
@@ -43,12 +49,12 @@ struct Envelope<T> {
 }
 
 impl Forwarder {
-    async fn post<B: Serialize, T: DeserializeOwned + Default>(
+    async fn post<T: DeserializeOwned + Default>(
         &self,
         path: &str,
-        body: &B,
+        body: serde_json::Value,
     ) -> Result<T, Status> {
-        let body = serde_json::to_vec(body).map_err(|e| Status::internal(e.to_string()))?;
+        let body = serde_json::to_vec(&body).map_err(|e| Status::internal(e.to_string()))?;
         let mut url = self.base.clone();
         url.set_path(path);
         let answer = self
@@ -85,9 +91,13 @@ impl PreHireService for Forwarder {
         request: Request<WithdrawOnboardingRequest>,
     ) -> Result<Response<WithdrawOnboardingResponse>, Status> {
         let req = request.into_inner();
-        self.post("/open-apis/corehr/v2/pre_hires/withdraw_onboarding", &req)
-            .await
-            .map(Response::new)
+        let body = serde_json::json!({"pre_hire_id": req.pre_hire_id, "withdraw_reason": req.withdraw_reason});
+        let data: Success = self
+            .post("/open-apis/corehr/v2/pre_hires/withdraw_onboarding", body)
+            .await?;
+        Ok(Response::new(WithdrawOnboardingResponse {
+            success: data.success,
+        }))
     }
 
     async fn restore_flow_instance(
@@ -109,7 +119,13 @@ impl ApplicationService for Forwarder {
             "/open-apis/hire/v1/applications/{}/cancel_onboard",
             req.application_id
         );
-        self.post(&path, &req).await.map(Response::new)
+        let body = serde_json::json!({
+            "termination_type": req.termination_type,
+            "termination_reason_id_list": req.termination_reason_id_list,
+            "termination_reason_notes": req.termination_reason_notes,
+        });
+        let _: serde_json::Value = self.post(&path, body).await?;
+        Ok(Response::new(CancelOnboardResponse {}))
     }
 }
 

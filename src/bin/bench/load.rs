@@ -126,8 +126,17 @@ impl Rest {
             http,
             base: base.to_owned(),
             auth: HeaderValue::from_str(&format!("Bearer {token}"))?,
-            withdraw_body: serde_json::to_vec(&withdraw_request())?.into(),
-            cancel_body: serde_json::to_vec(&cancel_request())?.into(),
+            withdraw_body: serde_json::to_vec(&serde_json::json!({
+                "pre_hire_id": withdraw_request().pre_hire_id,
+                "withdraw_reason": withdraw_request().withdraw_reason,
+            }))?
+            .into(),
+            cancel_body: serde_json::to_vec(&serde_json::json!({
+                "termination_type": cancel_request().termination_type,
+                "termination_reason_id_list": cancel_request().termination_reason_id_list,
+                "termination_reason_notes": cancel_request().termination_reason_notes,
+            }))?
+            .into(),
         })
     }
 

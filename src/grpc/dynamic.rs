@@ -1,0 +1,143 @@
+//! The tonic side of the generic path: one tower service answers every
+//! routed RPC. It looks the route up by the request's path, decodes the
+//! message with the route's input descriptor (a dynamic message: no compiled
+//! type per endpoint), and hands it to [`Services::handle`], as the code
+//! tonic generates does for one method.
+
+use std::{
+    convert::Infallible,
+    task::{Context, Poll},
+};
+
+use bytes::Buf;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use tonic::{
+    body::Body,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::{http, BoxFuture, StdError},
+    server::{Grpc, UnaryService},
+    Status,
+};
+
+use super::Services;
+use crate::route::{self, Route};
+
+/// Encodes answers and decodes requests of one route.
+struct DynamicCodec {
+    input: MessageDescriptor,
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder(self.input.clone())
+    }
+}
+
+struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
+    }
+}
+
+struct DynamicDecoder(MessageDescriptor);
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        DynamicMessage::decode(self.0.clone(), bytes)
+            .map(Some)
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "the request is not a valid {}: {e}",
+                    self.0.full_name()
+                ))
+            })
+    }
+}
+
+/// One call of one route.
+struct Call {
+    services: Services,
+    route: &'static Route,
+}
+
+impl UnaryService<DynamicMessage> for Call {
+    type Response = DynamicMessage;
+    type Future = BoxFuture<tonic::Response<DynamicMessage>, Status>;
+
+    fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
+        let (services, route) = (self.services.clone(), self.route);
+        Box::pin(async move { services.handle(route, request).await })
+    }
+}
+
+/// Every routed RPC, as one tower service (mounted under each service name).
+#[derive(Clone)]
+pub struct RouteService {
+    services: Services,
+    max_request_bytes: usize,
+}
+
+impl RouteService {
+    pub fn new(services: Services, max_request_bytes: usize) -> Self {
+        Self {
+            services,
+            max_request_bytes,
+        }
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for RouteService
+where
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(route) = route::catalog().by_path(req.uri().path()) else {
+            let status = Status::unimplemented(format!(
+                "{} is not a method of this gateway",
+                req.uri().path()
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let call = Call {
+            services: self.services.clone(),
+            route,
+        };
+        let max = self.max_request_bytes;
+        Box::pin(async move {
+            let codec = DynamicCodec {
+                input: route.input.clone(),
+            };
+            let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(call, req).await)
+        })
+    }
+}
