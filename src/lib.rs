@@ -21,8 +21,12 @@ pub mod metrics;
 pub mod pb;
 pub mod quota;
 pub mod route;
-pub mod sandbox;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;
 pub mod validate;
+
+/// The Feishu simulator (its own crate, `feishu-sandbox`), re-exported for
+/// `serve --sandbox`, the benchmark and the tests.
+#[cfg(feature = "sandbox")]
+pub use feishu_sandbox as sandbox;

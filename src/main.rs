@@ -8,12 +8,15 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+#[cfg(feature = "sandbox")]
+use std::{net::SocketAddr, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use feishu_gateway::{app, config::Settings};
+#[cfg(feature = "sandbox")]
 use feishu_gateway::{
-    app,
-    config::{AppCredentials, Settings, DEFAULT_APP},
+    config::{AppCredentials, DEFAULT_APP},
     sandbox::{self, Endpoint, Sandbox, SandboxConfig},
 };
 
@@ -44,6 +47,7 @@ enum Command {
         insecure_no_auth: bool,
     },
     /// Run only the Feishu sandbox (the simulator), e.g. for benchmarks or SDK checks.
+    #[cfg(feature = "sandbox")]
     Sandbox {
         /// Address to listen on (port 0 picks a free port; the line printed names it).
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -68,6 +72,7 @@ enum Command {
 }
 
 /// Parses `--limit ENDPOINT=LIMIT/PER_MS` (endpoint names as in `/__sandbox/stats`).
+#[cfg(feature = "sandbox")]
 fn parse_limit(s: &str) -> Result<(Endpoint, u32, Duration), String> {
     let usage =
         || format!("expected ENDPOINT=LIMIT/PER_MS, e.g. cancel_onboard=10/1000, got {s:?}");
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
                 sandbox,
                 insecure_no_auth,
             } => serve(config, sandbox, insecure_no_auth).await,
+            #[cfg(feature = "sandbox")]
             Command::Sandbox {
                 listen,
                 no_limits,
@@ -148,7 +154,13 @@ async fn serve(
     let mut settings = Settings::load(config.as_deref())?;
     settings.gateway.insecure_no_auth = insecure_no_auth;
     // The sandbox lives as long as this function: it is dropped after draining.
+    #[cfg(feature = "sandbox")]
     let mut _sandbox = None;
+    #[cfg(not(feature = "sandbox"))]
+    if sandbox {
+        return Err("this build has no sandbox (built without the `sandbox` feature)".into());
+    }
+    #[cfg(feature = "sandbox")]
     let credentials = if sandbox {
         let config = SandboxConfig {
             seed_demo: true,
@@ -168,6 +180,8 @@ async fn serve(
     } else {
         settings.apps(settings.credentials()?)?
     };
+    #[cfg(not(feature = "sandbox"))]
+    let credentials = settings.apps(settings.credentials()?)?;
     let running = app::start(&settings, credentials).await?;
     shutdown_signal().await;
     running.shutdown().await

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::config::EventSecrets;
-use crate::sandbox::events as feishu;
+use feishu_sandbox::events as feishu;
 
 /// Feishu's documentation example: Encrypt Key "test key", "hello world".
 const DOC_KEY: &str = "test key";

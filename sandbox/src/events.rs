@@ -9,8 +9,6 @@ use cbc::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::events;
-
 /// One push: the body and the headers Feishu sends with it.
 #[derive(Debug, Clone)]
 pub struct PushRequest {
@@ -87,7 +85,7 @@ pub fn push(event: &Value, encrypt_key: Option<&str>, timestamp: i64) -> PushReq
     let body = json!({"encrypt": encrypt(key, event.to_string().as_bytes())}).to_string();
     let timestamp = timestamp.to_string();
     let nonce = fastrand::u32(..).to_string();
-    let signature = events::signature(&timestamp, &nonce, key, body.as_bytes());
+    let signature = signature(&timestamp, &nonce, key, body.as_bytes());
     PushRequest {
         body,
         headers: vec![
@@ -96,4 +94,17 @@ pub fn push(event: &Value, encrypt_key: Option<&str>, timestamp: i64) -> PushReq
             ("X-Lark-Signature", signature),
         ],
     }
+}
+
+/// `X-Lark-Signature`, as Feishu's document defines it: hex of
+/// SHA-256(timestamp + nonce + Encrypt Key + body). Written here, not taken
+/// from the gateway, so that the sandbox stays an independent check of the
+/// gateway's verification.
+pub fn signature(timestamp: &str, nonce: &str, encrypt_key: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(timestamp.as_bytes());
+    h.update(nonce.as_bytes());
+    h.update(encrypt_key.as_bytes());
+    h.update(body);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
