@@ -89,7 +89,13 @@ pub async fn start(
     let apps = apps
         .into_iter()
         .map(|(name, creds)| (Arc::from(name), creds));
-    let tokens = TokenManager::new(upstream.clone(), apps, max_wait);
+    let mut tokens = TokenManager::new(upstream.clone(), apps, max_wait);
+    if let Some(url) = &settings.gateway.redis_url {
+        // Store apps' tickets, pushed to one replica, serve the whole fleet.
+        tokens = tokens
+            .share_tickets_in(url.expose_secret())
+            .map_err(|e| format!("GATEWAY_REDIS_URL (gateway.redis_url): {e}"))?;
+    }
     let overrides: HashMap<String, Vec<Window>> = settings
         .gateway
         .limits
