@@ -102,7 +102,7 @@ async fn app_ticket(State(state): State<AdminState>, headers: HeaderMap, body: B
             Json(serde_json::json!({ "challenge": challenge })).into_response()
         }
         Ok(Accepted::AppTicket { app_id, ticket }) => {
-            match state.gateway.tokens().set_app_ticket(&app_id, ticket) {
+            match state.gateway.tokens().set_app_ticket(&app_id, ticket).await {
                 Ok(()) => Json(serde_json::json!({ "msg": "success" })).into_response(),
                 Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
             }

@@ -14,6 +14,7 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     admin,
+    audit::Trail,
     auth::{layer::AuthLayer, Policy},
     catalog::Window,
     config::{AppCredentials, Settings, DEFAULT_APP},
@@ -42,6 +43,8 @@ pub struct Running {
     admin: JoinHandle<()>,
     /// Calls still running, including writes whose callers went away.
     calls: tokio_util::task::TaskTracker,
+    /// The audit queue, flushed before `shutdown` returns.
+    audit: Trail,
     grace: Duration,
 }
 
@@ -86,7 +89,13 @@ pub async fn start(
     let apps = apps
         .into_iter()
         .map(|(name, creds)| (Arc::from(name), creds));
-    let tokens = TokenManager::new(upstream.clone(), apps, max_wait);
+    let mut tokens = TokenManager::new(upstream.clone(), apps, max_wait);
+    if let Some(url) = &settings.gateway.redis_url {
+        // Store apps' tickets, pushed to one replica, serve the whole fleet.
+        tokens = tokens
+            .share_tickets_in(url.expose_secret())
+            .map_err(|e| format!("GATEWAY_REDIS_URL (gateway.redis_url): {e}"))?;
+    }
     let overrides: HashMap<String, Vec<Window>> = settings
         .gateway
         .limits
@@ -165,12 +174,15 @@ pub async fn start(
     // A key's in-flight marker must outlast the longest call: every attempt
     // at the upstream timeout, plus the token and quota waits.
     let lease_for = settings.request_timeout() * 3 + max_wait * 2 + Duration::from_secs(5);
+    let audit = Trail::start(settings.gateway.audit_queue, metrics.audit_queue())
+        .map_err(|e| format!("cannot start the audit writer thread: {e}"))?;
     let services = Services::new(
         gateway.clone(),
         metrics,
         calls.clone(),
         idempotency,
         lease_for,
+        audit.clone(),
     );
     let server_reporter = reporter.clone();
     let server = tokio::spawn(async move {
@@ -197,6 +209,7 @@ pub async fn start(
         server,
         admin,
         calls,
+        audit,
         grace: Duration::from_millis(settings.gateway.shutdown_grace_ms),
     })
 }
@@ -297,6 +310,13 @@ impl Running {
                 "writes still waiting for Feishu at the end of the grace period"
             );
         }
+        // Every answered call's line is written before the process exits,
+        // unless the log pipe is stalled past the grace (then nothing could
+        // say so: stderr is where it would go).
+        // A healthy writer needs microseconds; allow it a second even when
+        // the calls used the whole grace.
+        let flush_by = until.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        let _ = self.audit.flush(flush_by).await;
         self.admin.abort();
         result
     }

@@ -62,6 +62,8 @@ pub struct Metrics {
     rpc_seconds: HistogramFamily<RpcLabels>,
     upstream_seconds: HistogramFamily<UpstreamLabels>,
     in_flight: Gauge,
+    audit_dropped: Counter,
+    audit_queue: Gauge,
 }
 
 impl Metrics {
@@ -89,12 +91,26 @@ impl Metrics {
             "gRPC calls being served",
             in_flight.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Calls refused (UNAVAILABLE AUDIT_UNAVAILABLE, nothing sent) because the audit queue was full",
+            audit_dropped.clone(),
+        );
+        let audit_queue = Gauge::default();
+        registry.register(
+            "audit_queue",
+            "Audit lines reserved by running calls or waiting for the writer thread",
+            audit_queue.clone(),
+        );
         Arc::new(Self {
             registry,
             rpcs,
             rpc_seconds,
             upstream_seconds,
             in_flight,
+            audit_dropped,
+            audit_queue,
         })
     }
 
@@ -109,6 +125,16 @@ impl Metrics {
                 .register_collector(Box::new(Components { tokens, limiter }));
         }
         self
+    }
+
+    /// A call refused because the audit queue was full.
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.inc();
+    }
+
+    /// The gauge the audit trail keeps its queue depth in.
+    pub fn audit_queue(&self) -> Gauge {
+        self.audit_queue.clone()
     }
 
     pub fn rpc_started(&self) -> InFlight {

@@ -72,6 +72,9 @@ pub fn init() -> Result<Telemetry, Box<dyn std::error::Error + Send + Sync>> {
         .with(logs)
         .with(traces)
         .try_init()?;
+    // This subscriber writes JSON lines to stderr: the audit writer writes
+    // its lines there itself, in the same shape, without the formatter.
+    crate::audit::use_sink(crate::audit::Sink::Stderr);
     Ok(Telemetry { provider })
 }
 

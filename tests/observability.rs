@@ -246,6 +246,27 @@ fn log_lines() -> Vec<Value> {
         .collect()
 }
 
+/// Waits (a hang guard of 10 s, not a speed bound) until a captured line
+/// satisfies `wanted`. A call's audit line is queued before its answer and
+/// written by the audit writer thread just after; this blocks the test's
+/// thread, which that writer does not need.
+fn await_line(wanted: impl Fn(&Value) -> bool) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while !log_lines().iter().any(&wanted) {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the line never came: {:#?}",
+            log_lines()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until the audit line of the call traced by `caller` is written.
+fn await_audit(caller: &TraceParent) {
+    await_line(|l| l["target"] == "audit" && trace_of(l).as_deref() == Some(caller.trace.as_str()));
+}
+
 /// The trace id a line carries: the `trace_id` field of a span in its span list.
 fn trace_of(line: &Value) -> Option<String> {
     line.get("spans")?

@@ -138,7 +138,20 @@ async fn bearer_keys_authenticate_and_allow_lists_authorize() {
         .expect("an allowed caller is served");
     assert_eq!(h.business_requests().len(), 1);
 
-    // The caller's identity is in its audit record; its key is nowhere in the logs.
+    // The caller's identity is in its audit record; its key is nowhere in the
+    // logs. The audit writer thread writes the line just after the answer
+    // (it was queued before it): wait for it (a hang guard, not a bound).
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let audited = || {
+        logs.text().lines().any(|l| {
+            l.contains(r#""target":"audit""#)
+                && l.contains(r#""outcome":"OK""#)
+                && l.contains(r#""caller":"hr-portal""#)
+        })
+    };
+    while !audited() && std::time::Instant::now() < give_up {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     let text = logs.text();
     let audit: Vec<&str> = text
         .lines()

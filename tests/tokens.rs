@@ -4,6 +4,8 @@
 //! and no secret or token in any debug output or log line.
 
 mod common;
+#[path = "tokens/fleet.rs"]
+mod fleet;
 #[path = "tokens/secrets.rs"]
 mod secrets;
 #[path = "tokens/store.rs"]

@@ -138,6 +138,10 @@ pub struct GatewaySettings {
     pub idempotency_ttl_secs: u64,
     /// Replicas sharing the quota: each takes 1/replicas of a limit while Redis is unreachable.
     pub replicas: u32,
+    /// Audit lines that may wait for the writer thread, running calls'
+    /// reserved places included (`GATEWAY_AUDIT_QUEUE`); when it is full,
+    /// calls are refused with nothing sent.
+    pub audit_queue: usize,
     /// Limits that replace the documented ones, by endpoint name (TOML only), e.g.
     /// `"hire.v1.applications.cancel_onboard" = [{ limit = 10, per_ms = 1000 }]`.
     pub limits: std::collections::HashMap<String, Vec<WindowSetting>>,
@@ -218,6 +222,7 @@ impl Default for GatewaySettings {
             redis_url: None,
             idempotency_ttl_secs: 86_400,
             replicas: 1,
+            audit_queue: 4096,
             limits: std::collections::HashMap::new(),
             callers: Vec::new(),
             tls: None,
@@ -265,6 +270,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "gateway.idempotency_ttl_secs",
     ),
     ("GATEWAY_REPLICAS", "gateway.replicas"),
+    ("GATEWAY_AUDIT_QUEUE", "gateway.audit_queue"),
     ("GATEWAY_TLS_CERT_FILE", "gateway.tls.cert_file"),
     ("GATEWAY_TLS_KEY_FILE", "gateway.tls.key_file"),
     ("GATEWAY_TLS_CLIENT_CA_FILE", "gateway.tls.client_ca_file"),
@@ -439,6 +445,11 @@ impl Settings {
             return Err(ConfigError(
                 "GATEWAY_DEFAULT_LIMIT_PER_MINUTE and GATEWAY_REPLICAS must be greater than zero"
                     .into(),
+            ));
+        }
+        if self.gateway.audit_queue == 0 {
+            return Err(ConfigError(
+                "GATEWAY_AUDIT_QUEUE must be greater than zero".into(),
             ));
         }
         if self.gateway.idempotency_ttl_secs == 0 {

@@ -23,6 +23,7 @@ use tracing::{field::Empty, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
+    audit::{self, Trail},
     config::DEFAULT_APP,
     error::{Error, FaultKind, Sent, UpstreamFault},
     gateway::{Answer, Commit, Gateway},
@@ -49,6 +50,8 @@ pub struct Services {
     /// How long a key's in-flight marker protects a running call: the
     /// longest a write can take (upstream timeout, a few attempts) with room.
     lease_for: Duration,
+    /// The audit queue: every call holds a place in it from its start.
+    audit: Trail,
 }
 
 impl Services {
@@ -58,6 +61,7 @@ impl Services {
         calls: tokio_util::task::TaskTracker,
         idempotency: IdempotencyStore,
         lease_for: Duration,
+        audit: Trail,
     ) -> Self {
         Self {
             gateway,
@@ -65,6 +69,7 @@ impl Services {
             calls,
             idempotency,
             lease_for,
+            audit,
         }
     }
 
@@ -105,16 +110,27 @@ impl Services {
         );
         // Neither logged nor traced (RUST_LOG above info, no exporter): skip the
         // trace context, which is work on every call.
+        let mut trace_id = None;
         if !span.is_disabled() {
             let parent = telemetry::extract(request.metadata());
             let _ = span.set_parent(parent.clone());
-            span.record(
-                "trace_id",
-                telemetry::trace_id(&span.context(), &parent).to_string(),
-            );
+            let id = telemetry::trace_id(&span.context(), &parent);
+            span.record("trace_id", id.to_string());
+            trace_id = Some(id);
         }
 
         let (ctx, locale) = context::read(request.metadata(), request.extensions());
+        // The call's audit line has its place before anything can reach
+        // Feishu; with the writer behind (a stalled log pipe), the call is
+        // refused now rather than answered unaudited or stalled.
+        let Some(slot) = self.audit.reserve() else {
+            let status = status::audit_unavailable(locale);
+            span.record("rpc.grpc.status_code", status.code() as i32);
+            self.metrics.audit_dropped();
+            self.metrics
+                .rpc_finished(method, status.code(), started.elapsed());
+            return Err(status);
+        };
         let key = idempotent::key(request.metadata(), locale);
         let deadline = ctx.answer_by;
         let commit = ctx.commit.clone();
@@ -122,6 +138,9 @@ impl Services {
         let facts = route.audit(&message);
         let mut record = Record {
             metrics: self.metrics.clone(),
+            slot: Some(slot),
+            trace_id,
+            keep_span: self.audit.keeps_span(),
             method,
             started,
             caller,
@@ -354,6 +373,13 @@ impl Drop for Cancel {
 /// The end of one call: its RPC metrics, its span status and its audit record.
 struct Record {
     metrics: Arc<Metrics>,
+    /// The audit line's place in the queue, held since the call started.
+    slot: Option<audit::Slot>,
+    /// The trace id the call's span carries, if anyone records the span.
+    trace_id: Option<opentelemetry::trace::TraceId>,
+    /// Whether the line goes with the span (the writer emits it through the
+    /// subscriber) or with its fields only (hand-built).
+    keep_span: bool,
     method: &'static str,
     started: Instant,
     caller: Arc<str>,
@@ -426,27 +452,35 @@ impl Record {
         let told = self.told.0.get().copied();
         let seen = told.unwrap_or(code);
         self.span.record("rpc.grpc.status_code", seen as i32);
-        self.metrics
-            .rpc_finished(self.method, seen, self.started.elapsed());
-        self.span.in_scope(|| {
-            tracing::info!(
-                target: telemetry::AUDIT_TARGET,
-                caller = %self.caller,
-                method = self.method,
-                subject = %self.subject,
-                related = %self.related,
-                text_chars = self.text_chars,
-                outcome = crate::codes::code_name(code),
-                reason,
-                feishu_log_id = log_id.unwrap_or(""),
-                // The caller went away (hung up, deadline) before this answer:
-                // the outcome is Feishu's, the caller did not hear it.
-                caller_left = told.is_some(),
-                idempotency_key = %self.idempotency_key,
-                idempotent = self.idempotent,
-                elapsed_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                "audit"
-            );
+        let elapsed = self.started.elapsed();
+        self.metrics.rpc_finished(self.method, seen, elapsed);
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        // Queued, never written here: the writer thread does the I/O, so a
+        // stalled log pipe costs this worker nothing. The answer goes back
+        // after this line is in the queue.
+        slot.send(audit::Line {
+            at: std::time::SystemTime::now(),
+            caller: self.caller.clone(),
+            method: self.method,
+            subject: std::mem::take(&mut self.subject),
+            related: std::mem::take(&mut self.related),
+            text_chars: self.text_chars,
+            outcome: crate::codes::code_name(code),
+            reason: reason.to_owned(),
+            feishu_log_id: log_id.unwrap_or("").to_owned(),
+            // The caller went away (hung up, deadline) before this answer:
+            // the outcome is Feishu's, the caller did not hear it.
+            caller_left: told.is_some(),
+            idempotency_key: std::mem::take(&mut self.idempotency_key),
+            idempotent: self.idempotent,
+            elapsed_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+            rpc: audit::RpcSpan {
+                trace_id: self.trace_id,
+                status_code: seen as i32,
+            },
+            span: self.keep_span.then(|| self.span.clone()),
         });
     }
 }

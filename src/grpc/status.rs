@@ -360,6 +360,19 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
     build(Code::ResourceExhausted, en, d, None)
 }
 
+/// The audit queue is full (its writer is behind, e.g. a stalled log pipe):
+/// the call is refused before anything was sent, since an answered call must
+/// be an audited one.
+pub fn audit_unavailable(locale: Locale) -> Status {
+    own_status(
+        Code::Unavailable,
+        "AUDIT_UNAVAILABLE",
+        "the audit trail cannot take this call's record now (its writer is behind); nothing was sent; retry shortly".to_owned(),
+        "审计日志暂时无法记录此调用（写入积压），请求未发送，请稍后重试。",
+        locale,
+    )
+}
+
 /// A status of the gateway's own, with its one ErrorInfo and message.
 pub(super) fn own_status(code: Code, reason: &str, en: String, zh: &str, locale: Locale) -> Status {
     let (en, d) = own_details(reason, &en, zh, locale);

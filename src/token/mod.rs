@@ -14,6 +14,7 @@ mod flight;
 pub mod lifetime;
 mod stats;
 mod store;
+mod tickets;
 
 use std::{
     collections::HashMap,
@@ -110,6 +111,8 @@ struct Inner {
     /// a fetch waits for an app ticket after asking for a resend.
     max_wait: Duration,
     stats: TokenStats,
+    /// Store apps' tickets shared by the fleet (Redis), when configured.
+    shared_tickets: Option<tickets::SharedTickets>,
 }
 
 impl fmt::Debug for TokenManager {
@@ -152,8 +155,19 @@ impl TokenManager {
                 apps,
                 slots: Mutex::new(HashMap::new()),
                 max_wait,
+                shared_tickets: None,
             }),
         }
+    }
+
+    /// Shares store apps' tickets with the other replicas through the Redis
+    /// at `url` (never connects here). Call before the manager is cloned.
+    pub fn share_tickets_in(mut self, url: &str) -> Result<Self, String> {
+        let shared = tickets::SharedTickets::new(url)?;
+        let inner = Arc::get_mut(&mut self.inner)
+            .ok_or("the token manager is already shared: configure Redis before cloning it")?;
+        inner.shared_tickets = Some(shared);
+        Ok(self)
     }
 
     /// Per-app counters, for `/metrics`.

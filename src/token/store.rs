@@ -6,6 +6,9 @@
 //! A missing ticket triggers one resend request and a bounded wait for the
 //! push; a ticket Feishu rejects (10012) is dropped and replaced the same way;
 //! an app token Feishu rejects (99991664) is evicted and bought again once.
+//! With Redis, a pushed ticket is shared with the fleet, and a replica
+//! without a usable ticket takes the fleet's before asking for a resend
+//! (see `tickets`).
 
 use std::{
     fmt,
@@ -35,6 +38,9 @@ pub(crate) const APP_TOKEN_INVALID: i64 = 99_991_664;
 const TICKET_INVALID: i64 = 10_012;
 /// A resend still unanswered after this long may be asked again.
 const RESEND_INTERVAL: Duration = Duration::from_secs(10);
+/// While waiting for a resent push, how often Redis is read: the push may
+/// reach another replica.
+const SHARED_POLL: Duration = Duration::from_millis(200);
 
 /// The store app's token endpoint (`app_access_token`, not `…/internal`).
 pub(crate) const APP_ACCESS_TOKEN: Endpoint = Endpoint {
@@ -96,6 +102,9 @@ pub(crate) struct StoreState {
     ticket: watch::Sender<Option<Arc<SecretString>>>,
     /// When a resend was asked and not yet answered by a push.
     resend_pending_since: Mutex<Option<Instant>>,
+    /// The last ticket Feishu refused, so that the same one read back from
+    /// Redis is not sent again.
+    refused: Mutex<Option<Arc<SecretString>>>,
     app_token: Arc<Flight<AppToken>>,
 }
 
@@ -104,6 +113,7 @@ impl StoreState {
         Self {
             ticket: watch::Sender::new(None),
             resend_pending_since: Mutex::new(None),
+            refused: Mutex::new(None),
             app_token: Arc::new(Flight::new()),
         }
     }
@@ -132,8 +142,21 @@ impl StoreState {
         self.app_token.clear_backoff();
     }
 
+    /// Whether Feishu refused this very ticket already.
+    fn was_refused(&self, ticket: &SecretString) -> bool {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|r| r.expose_secret() == ticket.expose_secret())
+    }
+
     /// Drops `ticket` if it is still the latest (Feishu refused it).
     fn forget_ticket(&self, ticket: &Arc<SecretString>) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ticket.clone());
         self.ticket.send_if_modified(|t| match t {
             Some(current) if Arc::ptr_eq(current, ticket) => {
                 *t = None;
@@ -168,8 +191,10 @@ pub(crate) fn ticket_missing(app: &str) -> Error {
 
 impl TokenManager {
     /// Delivers an app ticket pushed by Feishu to every store app with this
-    /// `app_id`; fetches that waited for it go on at once.
-    pub fn set_app_ticket(&self, app_id: &str, ticket: SecretString) -> Result<(), Error> {
+    /// `app_id`; fetches that waited for it go on at once. With Redis, the
+    /// ticket is shared with the other replicas before this returns (bounded;
+    /// Redis down: a warning, the ticket stays this replica's).
+    pub async fn set_app_ticket(&self, app_id: &str, ticket: SecretString) -> Result<(), Error> {
         let mut delivered = Vec::new();
         for (name, app) in &self.inner.apps {
             if let Some(store) = app.store.as_ref().filter(|_| app.creds.app_id == app_id) {
@@ -190,6 +215,15 @@ impl TokenManager {
             }
         }
         tracing::info!(app_id, "app_ticket received");
+        if let Some(shared) = &self.inner.shared_tickets {
+            if let Err(e) = shared.put(app_id, &ticket).await {
+                tracing::warn!(
+                    app_id,
+                    error = %e,
+                    "app_ticket not shared through Redis: other replicas without one ask Feishu to resend"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -320,7 +354,8 @@ impl TokenManager {
         }
     }
 
-    /// The latest ticket; without one, asks Feishu to resend it and waits (bounded) for the push.
+    /// The latest ticket; without one, the fleet's (Redis), else asks Feishu
+    /// to resend it and waits (bounded) for the push, here or to the fleet.
     async fn ticket(
         &self,
         name: &Arc<str>,
@@ -330,6 +365,14 @@ impl TokenManager {
         let mut rx = store.ticket.subscribe();
         if let Some(ticket) = rx.borrow_and_update().clone() {
             return Ok(ticket);
+        }
+        let mut shared = self.inner.shared_tickets.is_some();
+        if shared {
+            match self.shared_ticket(name, app, store).await {
+                Ok(Some(ticket)) => return Ok(ticket),
+                Ok(None) => {}
+                Err(()) => shared = false,
+            }
         }
         if store.claim_resend() {
             let body = serde_json::json!({
@@ -347,10 +390,56 @@ impl TokenManager {
                 return Err(e);
             }
         }
-        let pushed = tokio::time::timeout(self.inner.max_wait, rx.wait_for(Option::is_some)).await;
-        match pushed {
-            Ok(Ok(ticket)) => ticket.clone().ok_or_else(|| ticket_missing(name)),
-            _ => Err(ticket_missing(name)),
+        let until = Instant::now() + self.inner.max_wait;
+        loop {
+            // The resent push may come here, or to another replica (Redis).
+            let next_look = if shared {
+                until.min(Instant::now() + SHARED_POLL)
+            } else {
+                until
+            };
+            let pushed = tokio::time::timeout_at(next_look, rx.wait_for(Option::is_some))
+                .await
+                .map(|r| r.map(|ticket| ticket.clone()));
+            match pushed {
+                Ok(Ok(ticket)) => return ticket.ok_or_else(|| ticket_missing(name)),
+                Ok(Err(_)) => return Err(ticket_missing(name)),
+                Err(_) if Instant::now() >= until => return Err(ticket_missing(name)),
+                Err(_) => match self.shared_ticket(name, app, store).await {
+                    Ok(Some(ticket)) => return Ok(ticket),
+                    Ok(None) => {}
+                    Err(()) => shared = false,
+                },
+            }
+        }
+    }
+
+    /// The fleet's ticket from Redis, unless it is one Feishu refused here;
+    /// kept as this replica's. `Err` when Redis cannot be used (warned).
+    async fn shared_ticket(
+        &self,
+        name: &Arc<str>,
+        app: &App,
+        store: &StoreState,
+    ) -> Result<Option<Arc<SecretString>>, ()> {
+        let Some(shared) = &self.inner.shared_tickets else {
+            return Err(());
+        };
+        match shared.get(&app.creds.app_id).await {
+            Ok(Some(ticket)) if !store.was_refused(&ticket) => {
+                tracing::info!(app = %name, "app_ticket taken from Redis (pushed to another replica)");
+                store.set_ticket(ticket);
+                Ok(store.ticket.borrow().clone())
+            }
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::warn!(
+                    app = %name,
+                    error = %e,
+                    "the fleet's app_ticket cannot be read from Redis: asking Feishu to resend as a lone replica would"
+                );
+                Err(())
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use super::*;
 
 /// The one audit line of the call traced by `caller`, as text and parsed.
 fn audit_line(caller: &TraceParent) -> (String, serde_json::Map<String, Value>) {
+    await_audit(caller);
     let lines: Vec<Value> = caller
         .lines()
         .into_iter()
@@ -394,6 +395,7 @@ async fn a_call_the_caller_abandons_after_sending_is_still_audited_and_counted()
     );
     let spans = caller.spans(&[methods::WITHDRAW_ONBOARDING]).await;
     let rpc = one(&spans, methods::WITHDRAW_ONBOARDING);
+    await_audit(&caller);
     let audits = caller
         .lines()
         .into_iter()

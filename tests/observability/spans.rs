@@ -68,6 +68,7 @@ async fn a_call_is_an_rpc_span_continuing_the_callers_trace_with_token_and_upstr
 
     // The call's log lines carry its trace id: the audit record, and the token
     // fetch's line although it was written by another task.
+    await_audit(&caller);
     let lines = caller.lines();
     assert!(
         lines.iter().any(|l| l["target"] == "audit"),
@@ -186,6 +187,7 @@ async fn a_call_without_traceparent_starts_its_own_trace_and_its_lines_carry_it(
         .expect_err("unknown pre-hire");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     let subject = format!("pre_hires/{id}");
+    await_line(|l| l["target"] == "audit" && l["fields"]["subject"] == subject.as_str());
     let audit: Vec<Value> = log_lines()
         .into_iter()
         .filter(|l| l["target"] == "audit" && l["fields"]["subject"] == subject.as_str())

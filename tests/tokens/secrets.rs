@@ -59,6 +59,7 @@ async fn secrets_and_tokens_never_appear_in_debug_output_or_logs() {
         .expect_err("injected failure");
     let unknown = tokens
         .set_app_ticket("cli_unknown", SecretString::from(ticket.clone()))
+        .await
         .expect_err("unknown");
 
     let mut seen = format!(
