@@ -87,12 +87,22 @@ pub fn scalar_text(field: &FieldDescriptor, value: &Value) -> Option<String> {
     })
 }
 
-/// The JSON object of `fields` of `msg` (the request body).
-pub fn object(msg: &DynamicMessage, fields: &[FieldDescriptor]) -> Vec<u8> {
+/// The JSON object of `fields` of `msg` (the request body), each under its
+/// key (Feishu's name: the field's `json_name`, or its rule's `json_key`).
+pub fn object(msg: &DynamicMessage, fields: &[(FieldDescriptor, String)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
+    write_object(&mut out, msg, fields.iter().map(|(f, k)| (f, k.as_str())));
+    out
+}
+
+fn write_object<'a>(
+    out: &mut Vec<u8>,
+    msg: &DynamicMessage,
+    fields: impl Iterator<Item = (&'a FieldDescriptor, &'a str)>,
+) {
     out.push(b'{');
     let mut first = true;
-    for field in fields {
+    for (field, key) in fields {
         if !is_set(msg, field) {
             continue;
         }
@@ -100,12 +110,11 @@ pub fn object(msg: &DynamicMessage, fields: &[FieldDescriptor]) -> Vec<u8> {
             out.push(b',');
         }
         first = false;
-        write_str(&mut out, field.json_name());
+        write_str(out, key);
         out.push(b':');
-        write_field(&mut out, field, &msg.get_field(field));
+        write_field(out, field, &msg.get_field(field));
     }
     out.push(b'}');
-    out
 }
 
 fn write_field(out: &mut Vec<u8>, field: &FieldDescriptor, value: &Value) {
@@ -195,7 +204,7 @@ fn write_message(out: &mut Vec<u8>, m: &DynamicMessage) {
         }
         _ => {
             let fields: Vec<FieldDescriptor> = desc.fields().collect();
-            out.extend_from_slice(&object(m, &fields));
+            write_object(out, m, fields.iter().map(|f| (f, f.json_name())));
         }
     }
 }

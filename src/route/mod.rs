@@ -47,8 +47,9 @@ pub struct Route {
     /// The token types Feishu accepts, as the route names them.
     pub tokens: Vec<String>,
     path_fields: Vec<FieldDescriptor>,
-    query_fields: Vec<FieldDescriptor>,
-    body_fields: Vec<FieldDescriptor>,
+    /// Query and body fields with Feishu's name for each.
+    query_fields: Vec<(FieldDescriptor, String)>,
+    body_fields: Vec<(FieldDescriptor, String)>,
     rules: Vec<Rule>,
     subject: Vec<Piece>,
     audit: Vec<AuditField>,
@@ -115,7 +116,7 @@ impl Route {
             .collect();
         let params: Vec<&str> = params.iter().map(String::as_str).collect();
         let mut query: Vec<(&str, String)> = Vec::new();
-        for field in &self.query_fields {
+        for (field, key) in &self.query_fields {
             if !json::is_set(msg, field) {
                 continue;
             }
@@ -123,13 +124,13 @@ impl Route {
                 Value::List(items) => {
                     for item in items {
                         if let Some(text) = json::scalar_text(field, item) {
-                            query.push((field.json_name(), text));
+                            query.push((key, text));
                         }
                     }
                 }
                 value => {
                     if let Some(text) = json::scalar_text(field, value) {
-                        query.push((field.json_name(), text));
+                        query.push((key, text));
                     }
                 }
             }
@@ -485,13 +486,36 @@ fn build(
             None => template.push_str(segment),
         }
     }
-    let query_fields = texts("query")
+    let query_names = texts("query")
         .iter()
         .map(|n| field(n))
         .collect::<Result<Vec<_>, _>>()?;
-    let body_fields: Vec<FieldDescriptor> = input
+    // Feishu's name: the json_name, unless the rule's json_key says
+    // otherwise (a body field whose name a path or query field took).
+    let key = |f: &FieldDescriptor| -> String {
+        match &*f.options().get_extension(field_ext) {
+            Value::Message(rule) => rule
+                .get_field_by_name("json_key")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| f.json_name().to_owned()),
+            _ => f.json_name().to_owned(),
+        }
+    };
+    let body_fields: Vec<(FieldDescriptor, String)> = input
         .fields()
-        .filter(|f| !path_fields.contains(f) && !query_fields.contains(f))
+        .filter(|f| !path_fields.contains(f) && !query_names.contains(f))
+        .map(|f| {
+            let k = key(&f);
+            (f, k)
+        })
+        .collect();
+    let query_fields: Vec<(FieldDescriptor, String)> = query_names
+        .into_iter()
+        .map(|f| {
+            let k = key(&f);
+            (f, k)
+        })
         .collect();
     let limits = match route.get_field_by_name("limits").as_deref() {
         Some(Value::List(items)) => items
