@@ -716,14 +716,15 @@ async fn at_the_file_descriptor_limit_accept_backs_off_and_both_ports_recover() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
-    // More connections than the gateway has descriptors for: it accepts
-    // until it has none left (they have a minute to open), and the rest
-    // wait in the backlogs, where every accept fails with EMFILE.
+    // More connections than the gateway has descriptors for, on each port
+    // alone: it accepts until it has none left (they have a minute to open),
+    // and the rest wait in the backlogs, where every accept fails with
+    // EMFILE, whichever port's loop got to its backlog first.
     let mut clients = Vec::new();
     for _ in 0..120 {
         clients.push(TcpStream::connect(grpc).await.unwrap());
     }
-    for _ in 0..10 {
+    for _ in 0..70 {
         clients.push(TcpStream::connect(admin).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -760,7 +761,8 @@ async fn at_the_file_descriptor_limit_accept_backs_off_and_both_ports_recover() 
     assert_eq!(
         (said("grpc"), said("admin")),
         (1, 1),
-        "one warning per port and episode"
+        "one warning per port and episode: {:?}",
+        lines.lock().unwrap()
     );
 
     // Descriptors freed: both ports answer again.
