@@ -286,3 +286,52 @@ fn answers_are_read_leniently() {
         Some(false)
     );
 }
+
+#[test]
+fn a_generated_write_places_path_query_and_body_and_keeps_feishus_names() {
+    let r = route("feishu.corehr.v2.PersonService/Patch");
+    assert_eq!((r.endpoint.method, r.endpoint.write), ("PATCH", true));
+    let m = message(
+        r,
+        &[
+            ("person_id", s("7001")),
+            ("person_id_body", s("7001")),
+            ("no_need_query", Value::Bool(true)),
+            ("phone_number", s("13800000000")),
+        ],
+    );
+    let mut v = Vec::new();
+    r.validate(&m, &mut v);
+    assert!(v.is_empty(), "{v:?}");
+    let out = r.render(&m).unwrap();
+    assert_eq!(
+        out.path_and_query,
+        "/open-apis/corehr/v2/persons/7001?no_need_query=true"
+    );
+    // The body field named person_id_body in the proto is Feishu's person_id.
+    assert_eq!(
+        body(&out),
+        serde_json::json!({"person_id":"7001","phone_number":"13800000000"})
+    );
+    // A path parameter is a Feishu ID, whatever the proto says of it.
+    let m = message(r, &[("person_id", s("../x"))]);
+    assert_eq!(violations(r, &m), ["person_id"]);
+    let m = message(r, &[]);
+    assert_eq!(violations(r, &m), ["person_id"]);
+}
+
+#[test]
+fn a_generated_get_has_no_body() {
+    let r = route("feishu.hire.v1.ApplicationService/Get");
+    assert_eq!(r.endpoint.method, "GET");
+    assert!(!r.endpoint.write);
+    let m = message(r, &[("application_id", s("1111"))]);
+    let out = r.render(&m).unwrap();
+    assert!(out.body.is_none());
+    assert!(
+        out.path_and_query
+            .starts_with("/open-apis/hire/v1/applications/1111"),
+        "{}",
+        out.path_and_query
+    );
+}
