@@ -10,6 +10,7 @@
 
 mod fetch;
 mod flight;
+mod grant;
 /// Pure timing rules, public so that their proofs read on their own.
 pub mod lifetime;
 mod stats;
@@ -432,4 +433,28 @@ fn check_tenant(app: &str, tenant: Option<&str>) -> Result<Arc<str>, Error> {
         });
     }
     Ok(Arc::from(tenant))
+}
+
+impl Token {
+    pub(super) fn new(
+        endpoint: &'static str,
+        token: &secrecy::SecretString,
+        schedule: Schedule,
+        issuer: Option<std::sync::Weak<AppToken>>,
+    ) -> Result<Self, Error> {
+        let mut header = http::HeaderValue::try_from(format!(
+            "Bearer {}",
+            secrecy::ExposeSecret::expose_secret(token)
+        ))
+        .map_err(|_| {
+            grant::malformed(endpoint, "the token has characters a header cannot carry")
+        })?;
+        header.set_sensitive(true);
+        Ok(Token {
+            header,
+            schedule,
+            used: std::sync::atomic::AtomicBool::new(false),
+            issuer,
+        })
+    }
 }

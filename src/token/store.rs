@@ -21,9 +21,9 @@ use tokio::{sync::watch, time::Instant};
 use tracing::Instrument;
 
 use super::{
-    fetch::lease,
     fetch_span,
     flight::{Flight, Lease, WaitError},
+    grant::lease,
     lifetime::Schedule,
     record_outcome, App, RequestKind, Token, TokenManager,
 };
