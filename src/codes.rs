@@ -346,6 +346,70 @@ mod tests {
         assert!(seen >= 40, "only {seen} codes found in the seed tables");
     }
 
+    /// The seed rpcs' comments (tools/seed_rpcs.toml, copied into the protos
+    /// by the generator) say which gRPC code each Feishu code becomes: every
+    /// code a bullet names must be what this table says, on that endpoint.
+    #[test]
+    fn the_proto_comments_agree_with_the_table() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/seed_rpcs.toml");
+        let text = std::fs::read_to_string(&path).expect("tools/seed_rpcs.toml");
+        let quotes = "'".repeat(3);
+        let mut checked = 0;
+        for rpc in text.split("\n[[rpc]]\n").skip(1) {
+            let endpoint = rpc
+                .lines()
+                .find_map(|l| l.strip_prefix("name = \""))
+                .and_then(|l| l.strip_suffix('"'))
+                .expect("the rpc's route has a name");
+            let comment = rpc
+                .split(&format!("comment = {quotes}"))
+                .nth(1)
+                .and_then(|c| c.split(quotes.as_str()).next())
+                .unwrap_or_default();
+            // Bullets: "- GRPC_CODE: text", continued on indented lines.
+            let mut bullets: Vec<String> = Vec::new();
+            for line in comment.lines() {
+                if let Some(b) = line.strip_prefix("- ") {
+                    bullets.push(b.to_owned());
+                } else if line.starts_with("  ") {
+                    if let Some(last) = bullets.last_mut() {
+                        last.push(' ');
+                        last.push_str(line.trim());
+                    }
+                }
+            }
+            for bullet in bullets {
+                let Some((grpc, rest)) = bullet.split_once(':') else {
+                    continue;
+                };
+                let Some(expected) = CATALOG
+                    .iter()
+                    .map(|c| c.grpc)
+                    .find(|c| code_name(*c) == grpc)
+                else {
+                    continue;
+                };
+                for word in rest.split(|c: char| !c.is_ascii_digit()) {
+                    if word.len() < 7 {
+                        continue;
+                    }
+                    let code: i64 = word.parse().unwrap_or_default();
+                    let row = lookup(endpoint, code).unwrap_or_else(|| {
+                        panic!("{endpoint}: the comment names {code}, not in the table")
+                    });
+                    assert_eq!(
+                        code_name(row.grpc),
+                        code_name(expected),
+                        "{endpoint}: the comment says {code} is {grpc}, the table says {}",
+                        code_name(row.grpc)
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 20, "only {checked} codes checked");
+    }
+
     #[test]
     fn docs_table_matches_the_catalog() {
         // Like rust-analyzer's sourcegen tests: `UPDATE_DOCS=1 cargo test` rewrites the table.
