@@ -110,21 +110,11 @@ impl Tokens {
         endpoint: Endpoint,
         now: Instant,
     ) -> Result<Grant, ApiError> {
-        let header = header.map(str::trim).unwrap_or_default();
-        if header.is_empty() {
-            return Err(ApiError::of(99_991_661));
-        }
-        // "Bearer" (any case) followed by the token; a bare "Bearer" carries no token.
-        let token = match header.get(..6) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("bearer") => &header[6..],
-            _ => return Err(ApiError::of(99_991_671)),
-        };
-        if !token.is_empty() && !token.starts_with(char::is_whitespace) {
-            return Err(ApiError::of(99_991_671));
-        }
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(ApiError::of(99_991_661));
+        let token = bearer(header)?;
+        if !endpoint.accepts_tenant_token() {
+            // Only a user_access_token would do, and the sandbox issues none: whatever
+            // token came, Feishu's answer is that it is not valid for this call.
+            return Err(ApiError::of(99_991_668));
         }
         let well_formed = token.len() > 2
             && token
@@ -252,6 +242,28 @@ impl Tokens {
             _ => Err(INVALID_PARAM),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer …` header, or why there is none: missing
+/// (99991661) or not a bearer header (99991671).
+fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+    let header = header.map(str::trim).unwrap_or_default();
+    if header.is_empty() {
+        return Err(ApiError::of(99_991_661));
+    }
+    // "Bearer" (any case) followed by the token; a bare "Bearer" carries no token.
+    let token = match header.get(..6) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer") => &header[6..],
+        _ => return Err(ApiError::of(99_991_671)),
+    };
+    if !token.is_empty() && !token.starts_with(char::is_whitespace) {
+        return Err(ApiError::of(99_991_671));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ApiError::of(99_991_661));
+    }
+    Ok(token)
 }
 
 /// A non-empty string field of a JSON object body.

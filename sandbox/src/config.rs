@@ -1,7 +1,10 @@
 //! What a sandbox is told at start: credentials, token lifetimes, limits, timing.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
+
+use super::surface;
 
 /// The Feishu operations the sandbox answers, so that tests, faults, limits and
 /// statistics can name one without spelling its path.
@@ -15,10 +18,16 @@ pub enum Endpoint {
     AppToken,
     IsvTenantToken,
     AppTicketResend,
+    /// A generated endpoint (`routes.json`, the official SDK's corehr v2 and hire v1
+    /// surface without the four seeds), by its index there: an index and not a name so
+    /// that the enum stays `Copy` and cheap to hash. Get one with [`Endpoint::from_name`]
+    /// or [`Endpoint::generated`].
+    Route(u16),
 }
 
 impl Endpoint {
-    /// Every endpoint, in a stable order (statistics list them all).
+    /// The fixed endpoints (seeds and token endpoints), in a stable order: statistics
+    /// list them all, called or not (generated endpoints only once called).
     pub const ALL: [Endpoint; 8] = [
         Endpoint::WithdrawOnboarding,
         Endpoint::RestoreFlowInstance,
@@ -30,9 +39,14 @@ impl Endpoint {
         Endpoint::AppTicketResend,
     ];
 
-    /// The snake_case name used by the control API (stats keys, fault targets).
+    /// The name used by the control API (stats keys, fault targets, `--limit`): snake_case
+    /// for the fixed endpoints, the SDK's name (`corehr.v2.pre_hires.search`) for a
+    /// generated one.
     pub fn name(self) -> &'static str {
         match self {
+            Endpoint::Route(i) => surface::table()
+                .get(i)
+                .map_or("unknown_route", |r| r.name.as_str()),
             Endpoint::WithdrawOnboarding => "withdraw_onboarding",
             Endpoint::RestoreFlowInstance => "restore_flow_instance",
             Endpoint::RevokeOffboarding => "revoke_offboarding",
@@ -44,12 +58,29 @@ impl Endpoint {
         }
     }
 
-    /// The inverse of [`Endpoint::name`], for names arriving over the control API.
+    /// The inverse of [`Endpoint::name`], for names arriving over the control API; a
+    /// seed's SDK name (`hire.v1.applications.cancel_onboard`) names the seed too.
     pub fn from_name(name: &str) -> Option<Endpoint> {
-        Endpoint::ALL.into_iter().find(|e| e.name() == name)
+        Endpoint::ALL
+            .into_iter()
+            .find(|e| e.name() == name)
+            .or_else(|| {
+                surface::SEEDS
+                    .iter()
+                    .find(|(sdk, _)| *sdk == name)
+                    .map(|(_, e)| *e)
+            })
+            .or_else(|| surface::table().index_of(name).map(Endpoint::Route))
     }
 
-    /// Business endpoints need a tenant token; the others hand tokens out.
+    /// Every generated endpoint, in `routes.json`'s order.
+    pub fn generated() -> impl Iterator<Item = Endpoint> {
+        let n = u16::try_from(surface::table().len()).unwrap_or(u16::MAX);
+        (0..n).map(Endpoint::Route)
+    }
+
+    /// Business endpoints (the seeds and the generated ones) need a bearer token; the
+    /// others hand tokens out.
     pub fn is_business(self) -> bool {
         matches!(
             self,
@@ -57,7 +88,17 @@ impl Endpoint {
                 | Endpoint::RestoreFlowInstance
                 | Endpoint::RevokeOffboarding
                 | Endpoint::CancelOnboard
+                | Endpoint::Route(_)
         )
+    }
+
+    /// Whether a tenant_access_token may call it (a few generated endpoints take a
+    /// user_access_token only, which the sandbox never issues).
+    pub(crate) fn accepts_tenant_token(self) -> bool {
+        match self {
+            Endpoint::Route(i) => surface::table().get(i).is_some_and(|r| r.tenant),
+            _ => true,
+        }
     }
 
     /// The permission an app must have been granted to call a business endpoint.
@@ -92,8 +133,13 @@ impl Endpoint {
     }
 
     /// The number Feishu puts in `method_id` of a troubleshooter link (made up, stable).
-    pub(crate) fn method_id(self) -> &'static str {
-        match self {
+    pub(crate) fn method_id(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Endpoint::Route(i) => {
+                return surface::table()
+                    .get(i)
+                    .map_or(Cow::Borrowed("0"), |r| Cow::Borrowed(r.method_id.as_str()))
+            }
             Endpoint::WithdrawOnboarding => "7372186441282191388",
             Endpoint::RestoreFlowInstance => "7372186441282207772",
             Endpoint::RevokeOffboarding => "7277442498435530770",
@@ -102,7 +148,7 @@ impl Endpoint {
             Endpoint::AppToken => "6907569742384087041",
             Endpoint::IsvTenantToken => "6907569524100431874",
             Endpoint::AppTicketResend => "6907569743420080129",
-        }
+        })
     }
 }
 
@@ -139,7 +185,8 @@ pub struct SandboxConfig {
     pub rate_limits: bool,
     /// Replace an endpoint's documented limit; several rows for one endpoint all apply.
     pub limit_overrides: Vec<(Endpoint, u32, Duration)>,
-    /// How long a business call holds its record, so concurrent calls really conflict.
+    /// How long a business call holds its record, so concurrent calls really conflict
+    /// (a generated endpoint, which has no record, just takes this long).
     pub processing_delay: Duration,
     /// Load the records of [`super::demo`].
     pub seed_demo: bool,
@@ -201,5 +248,44 @@ impl SandboxConfig {
         } else {
             overrides
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_for_fixed_seed_and_generated_endpoints() {
+        for e in Endpoint::ALL.into_iter().chain(Endpoint::generated()) {
+            assert_eq!(Endpoint::from_name(e.name()), Some(e), "{}", e.name());
+        }
+        assert_eq!(
+            Endpoint::from_name("hire.v1.applications.cancel_onboard"),
+            Some(Endpoint::CancelOnboard)
+        );
+        let search = Endpoint::from_name("corehr.v2.pre_hires.search");
+        assert!(matches!(search, Some(Endpoint::Route(_))));
+        assert!(search.is_some_and(Endpoint::is_business));
+        assert_eq!(search.map(Endpoint::documented_limit), Some(None));
+        assert_eq!(Endpoint::from_name("corehr.v2.no_such.thing"), None);
+        // The one user-token-only endpoint of the surface.
+        let todos = Endpoint::from_name("hire.v1.todos.list");
+        assert_eq!(todos.map(Endpoint::accepts_tenant_token), Some(false));
+    }
+
+    #[test]
+    fn overrides_name_generated_endpoints() {
+        let search = Endpoint::from_name("corehr.v2.pre_hires.search");
+        let Some(search) = search else {
+            panic!("pre_hires.search is generated");
+        };
+        let config = SandboxConfig {
+            limit_overrides: vec![(search, 2, Duration::from_secs(1))],
+            ..SandboxConfig::default()
+        };
+        assert_eq!(config.limits_for(search), vec![(2, Duration::from_secs(1))]);
+        let other = Endpoint::from_name("corehr.v2.jobs.get");
+        assert_eq!(other.map(|e| config.limits_for(e)), Some(Vec::new()));
     }
 }

@@ -8,7 +8,7 @@ use super::config::Endpoint;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultTarget {
     Endpoint(Endpoint),
-    /// Any of the four business endpoints.
+    /// Any business endpoint: the four seeds and every generated one.
     AnyBusiness,
     /// Any `/open-apis/auth/v3/…` endpoint.
     AnyToken,

@@ -22,6 +22,7 @@ mod recorder;
 mod records;
 mod routes;
 mod server;
+mod surface;
 mod wire;
 
 use std::io::{self, Write};

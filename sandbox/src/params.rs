@@ -166,7 +166,7 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-fn decode(s: &str) -> String {
+pub(crate) fn decode(s: &str) -> String {
     percent_decode_str(&s.replace('+', " "))
         .decode_utf8_lossy()
         .into_owned()

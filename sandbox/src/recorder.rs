@@ -15,6 +15,9 @@ pub struct RecordedRequest {
     pub method: String,
     /// Raw, as received (still percent-encoded).
     pub path: String,
+    /// The route's path parameters, by their name in Feishu's `:param` path, decoded
+    /// (so a test can see which single segment a gateway sent, and as what value).
+    pub path_params: Vec<(String, String)>,
     /// Raw query string.
     pub query: Option<String>,
     pub authorization: Option<String>,
@@ -110,7 +113,8 @@ impl Recorder {
         self.stats.get(&e).map_or(0, |s| s.rate_limited)
     }
 
-    /// The body of `GET /__sandbox/stats`.
+    /// The body of `GET /__sandbox/stats`: every fixed endpoint, and the generated ones
+    /// that were called.
     pub fn stats_json(&self) -> Value {
         let mut endpoints = Map::new();
         for e in Endpoint::ALL {
@@ -132,6 +136,19 @@ impl Recorder {
         .iter()
         .map(|e| self.count(*e))
         .sum();
+        // Generated endpoints are too many to list idle: only those that were called.
+        for (e, s) in &self.stats {
+            if matches!(e, Endpoint::Route(_)) {
+                endpoints.insert(
+                    e.name().to_string(),
+                    json!({
+                        "count": s.count,
+                        "rate_limited": s.rate_limited,
+                        "arrivals_ms": s.arrivals_ms,
+                    }),
+                );
+            }
+        }
         json!({"endpoints": endpoints, "token_requests": token_requests})
     }
 }

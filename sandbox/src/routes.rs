@@ -1,5 +1,6 @@
-//! From an HTTP request to an answer: routing on the raw path, faults, tokens, limits,
-//! parameters, then the records.
+//! From an HTTP request to an answer: routing on the raw path (token endpoints and seeds
+//! first, then the generated table), faults, tokens, limits, parameters, then the records
+//! (or a generated endpoint's zero-valued data).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,7 +18,7 @@ use super::limits::{LimitKey, Refusal};
 use super::recorder::{Outcome, RecordedRequest};
 use super::records::{Call, RecordKey, Records};
 use super::wire::{ApiError, Detail, Reply};
-use super::{control, lock, params, Shared};
+use super::{control, lock, params, surface, Shared};
 
 /// Larger bodies are not read: no Feishu call here needs more.
 const MAX_BODY: usize = 1 << 20;
@@ -29,11 +30,23 @@ pub(crate) struct Dropped;
 
 /// Where a request goes, decided on its raw (still percent-encoded) path.
 enum Route {
-    Feishu(Endpoint, Option<String>),
+    /// An endpoint and its decoded path parameters.
+    Feishu(Endpoint, Vec<(String, String)>),
     NotFound,
 }
 
 fn route(method: &Method, raw_path: &str) -> Route {
+    match seed_route(method, raw_path) {
+        Route::NotFound => match surface::table().find(method.as_str(), raw_path) {
+            Some((i, params)) => Route::Feishu(Endpoint::Route(i), params),
+            None => Route::NotFound,
+        },
+        found => found,
+    }
+}
+
+/// The token endpoints and the four seeds, which the generated table leaves out.
+fn seed_route(method: &Method, raw_path: &str) -> Route {
     if method != Method::POST {
         return Route::NotFound;
     }
@@ -55,13 +68,14 @@ fn route(method: &Method, raw_path: &str) -> Route {
             return match segment {
                 Some(s) => {
                     let id = percent_decode_str(s).decode_utf8_lossy().into_owned();
-                    Route::Feishu(Endpoint::CancelOnboard, Some(id))
+                    let params = vec![("application_id".to_string(), id)];
+                    Route::Feishu(Endpoint::CancelOnboard, params)
                 }
                 None => Route::NotFound,
             };
         }
     };
-    Route::Feishu(endpoint, None)
+    Route::Feishu(endpoint, Vec::new())
 }
 
 /// The hyper service: one request, one answer (or a deliberately dropped connection).
@@ -79,9 +93,9 @@ pub(crate) async fn serve(
         return Ok(control::handle(&shared, &parts.method, path, &body).into_response());
     }
     let route = route(&parts.method, path);
-    let endpoint = match &route {
-        Route::Feishu(e, _) => Some(*e),
-        Route::NotFound => None,
+    let (endpoint, path_params) = match &route {
+        Route::Feishu(e, params) => (Some(*e), params.clone()),
+        Route::NotFound => (None, Vec::new()),
     };
     let authorization = header_text(&parts.headers, header::AUTHORIZATION);
     let json: Option<Value> = serde_json::from_slice(&body).ok();
@@ -89,6 +103,7 @@ pub(crate) async fn serve(
         endpoint,
         method: parts.method.to_string(),
         path: path.to_string(),
+        path_params,
         query: parts.uri.query().map(str::to_string),
         authorization: authorization.clone(),
         content_type: header_text(&parts.headers, header::CONTENT_TYPE),
@@ -102,10 +117,14 @@ pub(crate) async fn serve(
     let seq = lock(&shared.recorder).begin(recorded, shared.started);
     let (reply, tenant) = match route {
         Route::NotFound => (Some(Reply::not_found()), None),
-        Route::Feishu(endpoint, app_id) => {
+        Route::Feishu(endpoint, params) => {
+            let application_id = params
+                .into_iter()
+                .find(|(name, _)| name == "application_id")
+                .map(|(_, id)| id);
             let req = FeishuRequest {
                 endpoint,
-                application_id: app_id,
+                application_id,
                 query: parts.uri.query(),
                 authorization: authorization.as_deref(),
                 json: json.as_ref(),
@@ -222,6 +241,9 @@ async fn business(shared: &Shared, req: &FeishuRequest<'_>) -> (Reply, Option<St
     if let Err(refusal) = admitted {
         return (rate_limited(refusal, endpoint), tenant);
     }
+    if let Endpoint::Route(i) = endpoint {
+        return (generated(shared, i, req).await, tenant);
+    }
     let parsed = params::parse(endpoint, req.application_id.as_deref(), req.query, req.json);
     let result = match parsed {
         Ok(call) => run(shared, &call).await,
@@ -232,6 +254,22 @@ async fn business(shared: &Shared, req: &FeishuRequest<'_>) -> (Reply, Option<St
         Err(e) => Reply::error(&e, endpoint),
     };
     (reply, tenant)
+}
+
+/// A generated endpoint: its parameter checks, then its zero-valued `data` (it has no
+/// records, so there is nothing to change and nothing to find missing).
+async fn generated(shared: &Shared, index: u16, req: &FeishuRequest<'_>) -> Reply {
+    let Some(route) = surface::table().get(index) else {
+        return Reply::not_found();
+    };
+    if let Err(violation) = surface::check(route, req.query, req.json) {
+        return Reply::error(&ApiError::param(req.endpoint, violation), req.endpoint);
+    }
+    let delay = shared.config.processing_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Reply::success(route.data.clone())
 }
 
 /// Runs a call against the records. With a processing delay the record is held for that

@@ -86,11 +86,14 @@ impl ApiError {
         e
     }
 
-    /// The endpoint's parameter error, naming the offending field.
+    /// The endpoint's parameter error, naming the offending field: a seed's own code from
+    /// its document, the platform's 99992402 for a generated endpoint (what Feishu's
+    /// gateway answers before the service sees a mistyped field).
     pub fn param(endpoint: Endpoint, violation: FieldViolation) -> ApiError {
         let code = match endpoint {
             Endpoint::RevokeOffboarding => 1_160_102,
             Endpoint::CancelOnboard => 1_002_002,
+            Endpoint::Route(_) => 99_992_402,
             _ => 1_161_001,
         };
         let mut e = ApiError::of(code);
@@ -114,7 +117,8 @@ impl ApiError {
     }
 }
 
-/// HTTP status and message of every code the sandbox can produce on a business endpoint.
+/// HTTP status and message of every code the sandbox can produce on a business endpoint
+/// (generated endpoints produce only the platform's 999xxxxx ones).
 fn catalog(code: i64) -> (u16, &'static str) {
     match code {
         1_161_116 => (400, "A conflict occurred as multiple people are operating at the same time. Please refresh the page and try again later."),
@@ -154,6 +158,8 @@ fn catalog(code: i64) -> (u16, &'static str) {
         99_991_400 => (429, "request trigger frequency limit"),
         99_991_661 => (400, "Missing access token for authorization. Please make a request with token attached."),
         99_991_663 => (400, "Invalid access token for authorization. Please make a request with token attached."),
+        99_991_668 => (400, "Invalid access token for authorization. Please make a request with token attached."),
+        99_992_402 => (400, "field validation failed"),
         99_991_671 => (400, "Invalid access token format. Please check the token type: a tenant_access_token starts with \"t-\"."),
         _ => (500, "internal error"),
     }
