@@ -949,4 +949,22 @@ async fn lark_oapi_sdk_talks_to_the_sandbox() {
         h.pre_hire(demo::PRE_HIRE_READY).unwrap().stage,
         PreHireStage::Preparing
     );
+    // The generated endpoints it called, once each, with the SDK's path parameters.
+    for name in [
+        "corehr.v2.pre_hires.search",
+        "corehr.v2.job_changes.revoke",
+        "hire.v1.applications.terminate",
+    ] {
+        let e = Endpoint::from_name(name).unwrap();
+        assert_eq!(h.count(e), 1, "{name}");
+    }
+    let terminate = Endpoint::from_name("hire.v1.applications.terminate");
+    let sent = h.requests().into_iter().find(|r| r.endpoint == terminate);
+    assert_eq!(
+        sent.map(|r| r.path_params),
+        Some(vec![(
+            "application_id".to_string(),
+            "6960663240925956555".to_string()
+        )])
+    );
 }

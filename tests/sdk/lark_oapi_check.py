@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Feishu's official Python SDK (lark-oapi) against the sandbox, as if it were Feishu.
 
+The four seed endpoints with their state machines, then generated endpoints (a read
+and two writes), whose zero-valued data the SDK must parse into its own classes.
+
 Usage: lark_oapi_check.py BASE_URL APP_ID APP_SECRET
 Expects a sandbox started with the demo records (seed_demo). Exits 1 on a mismatch,
 3 when lark-oapi is not installed.
@@ -13,14 +16,20 @@ try:
     from lark_oapi.api.corehr.v2 import (
         RestoreFlowInstancePreHireRequest,
         RestoreFlowInstancePreHireRequestBody,
+        RevokeJobChangeRequest,
+        RevokeJobChangeRequestBody,
         RevokeOffboardingRequest,
         RevokeOffboardingRequestBody,
+        SearchPreHireRequest,
+        SearchPreHireRequestBody,
         WithdrawOnboardingPreHireRequest,
         WithdrawOnboardingPreHireRequestBody,
     )
     from lark_oapi.api.hire.v1 import (
         CancelOnboardApplicationRequest,
         CancelOnboardApplicationRequestBody,
+        TerminateApplicationRequest,
+        TerminateApplicationRequestBody,
     )
 except ImportError as e:
     print(f"lark-oapi is not installed ({e}): pip install lark-oapi", file=sys.stderr)
@@ -119,6 +128,54 @@ def main():
         .build()
     )
     check("application.cancel_onboard", client.hire.v1.application.cancel_onboard(cancel), 0, "success")
+
+    # Generated endpoints: no records behind them, Feishu's envelope and the data shape.
+    search = (
+        SearchPreHireRequest.builder()
+        .page_size(10)
+        .user_id_type("people_corehr_id")
+        .request_body(SearchPreHireRequestBody.builder().pre_hire_ids(["7345005664477775407"]).build())
+        .build()
+    )
+    check(
+        "pre_hire.search (generated read)",
+        pre_hire.search(search),
+        0,
+        "success",
+        {"items": [], "has_more": False, "page_token": ""},
+    )
+    job_change_revoke = (
+        RevokeJobChangeRequest.builder()
+        .job_change_id("7395114450473731628")
+        .user_id_type("people_corehr_id")
+        .request_body(RevokeJobChangeRequestBody.builder().operator_id("6982509313466189341").build())
+        .build()
+    )
+    check(
+        "job_change.revoke (generated write)",
+        client.corehr.v2.job_change.revoke(job_change_revoke),
+        0,
+        "success",
+        {"result": False, "message": ""},
+    )
+    terminate = (
+        TerminateApplicationRequest.builder()
+        .application_id("6960663240925956555")
+        .request_body(
+            TerminateApplicationRequestBody.builder()
+            .termination_type(1)
+            .termination_reason_list(["6960663240925956573"])
+            .termination_reason_note("candidate declined")
+            .build()
+        )
+        .build()
+    )
+    check(
+        "application.terminate (generated write)",
+        client.hire.v1.application.terminate(terminate),
+        0,
+        "success",
+    )
 
     if failures:
         sys.exit(f"{len(failures)} mismatch(es): {', '.join(failures)}")
