@@ -1,10 +1,13 @@
 //! The control API under `/__sandbox/`, for callers in another process (the benchmark
 //! runs the sandbox as a separate process and cannot hold a `SandboxHandle`).
 //!
-//! - `GET  /__sandbox/stats`: per-endpoint counts, refusals and arrival times.
+//! - `GET  /__sandbox/stats`: per-endpoint counts, refusals and arrival times (every fixed
+//!   endpoint; the generated ones once called).
 //! - `POST /__sandbox/faults`: inject a fault, e.g.
 //!   `{"target":"withdraw_onboarding","times":2,"kind":"feishu_error","http_status":500,"code":1161000,"msg":"Server system error"}`;
-//!   targets are endpoint names, `any_business` or `any_token`; kinds are `feishu_error`,
+//!   targets are endpoint names (`withdraw_onboarding`…, or a generated endpoint's SDK
+//!   name such as `corehr.v2.pre_hires.search`), `any_business` (seeds and generated
+//!   endpoints) or `any_token`; kinds are `feishu_error`,
 //!   `raw` (`http_status`, `content_type`, `body` as text), `delay` (`ms`),
 //!   `drop_connection`, `drop_after_apply`, `rate_limited` (`reset_secs`, `limit`).
 //! - `POST /__sandbox/revoke_tokens`: every issued token becomes invalid.

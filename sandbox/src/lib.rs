@@ -2,10 +2,18 @@
 //! wire format, so that tests, newcomers (`serve --sandbox`) and the benchmark can run
 //! every RPC over real HTTP without credentials or network.
 //!
-//! Code map: `config` (what a sandbox is told), `wire` (bodies, log ids, error table),
-//! `auth` (token endpoints, bearer checks), `params` (request validation), `records` and
-//! `email` (state machines), `limits` (frequency limits), `faults` (injected
-//! misbehaviour), `recorder` (what arrived), `routes` (request pipeline), `control`
+//! It answers the token endpoints, the four seed endpoints with their state machines, and
+//! every other endpoint of the generated corehr v2 and hire v1 surface (`routes.json`,
+//! written by `tools/gen_routes.py` from the official SDK) with Feishu's envelope around
+//! the route's zero-valued data. It shares no code with the gateway, so that it stays an
+//! independent check of it.
+//!
+//! Code map: `config` (what a sandbox is told, the `Endpoint` names), `wire` (bodies, log
+//! ids, error table), `auth` (token endpoints, bearer checks), `params` (the seeds'
+//! request validation), `surface` (the generated routes: matching on the raw path, field
+//! type checks, their data), `records` and `email` (the seeds' state machines), `limits`
+//! (frequency limits), `faults` (injected misbehaviour), `recorder` (what arrived),
+//! `routes` (request pipeline: faults, token, limits, parameters, answer), `control`
 //! (HTTP control API), `server` (accept loop), `demo` (seed data), `events` (event
 //! pushes as Feishu sends them: app_ticket and the URL check, plain or encrypted and signed).
 
