@@ -2,11 +2,7 @@
 //! gRPC code (count and latency), upstream latency by endpoint and Feishu
 //! code, calls in flight, and the token and quota counters read at scrape time.
 
-use std::{
-    borrow::Cow,
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
-};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use prometheus_client::{
     collector::Collector,
@@ -299,66 +295,65 @@ impl Collector for Components {
         }
 
         let q = self.limiter.stats();
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         counter(
             &mut encoder,
             "quota_admitted",
             "Calls given a quota slot",
-            get(&q.admitted),
+            q.admitted,
         )?;
         counter(
             &mut encoder,
             "quota_waited",
             "Calls that waited for their slot",
-            get(&q.waited),
+            q.waited,
         )?;
         counter(
             &mut encoder,
             "quota_wait_microseconds",
             "Total time calls waited for a slot",
-            get(&q.waited_micros),
+            q.waited_micros,
         )?;
         counter(
             &mut encoder,
             "quota_late_wakeups",
             "Slots given back and taken again because the caller woke too late to use them",
-            get(&q.late_wakeups),
+            q.late_wakeups,
         )?;
         counter(
             &mut encoder,
             "quota_abandoned",
             "Slots given back because their caller went away before using them",
-            get(&q.abandoned),
+            q.abandoned,
         )?;
         counter(
             &mut encoder,
             "quota_refused",
             "Calls refused for lack of a slot before their deadline",
-            get(&q.refused),
+            q.refused,
         )?;
         counter(
             &mut encoder,
             "upstream_rate_limited",
             "Feishu frequency-limit refusals (HTTP 429 / 99991400)",
-            get(&q.upstream_rate_limited),
+            q.upstream_rate_limited,
         )?;
         counter(
             &mut encoder,
             "quota_fallback_admitted",
             "Slots taken from the local share while Redis was unreachable",
-            get(&q.fallback_admitted),
+            q.fallback_admitted,
         )?;
         counter(
             &mut encoder,
             "quota_redis_errors",
             "Failed calls to the shared quota in Redis",
-            get(&q.redis_errors),
+            q.redis_errors,
         )?;
         counter(
             &mut encoder,
             "quota_redis_key_errors",
             "Errors Redis answered for one quota key (e.g. WRONGTYPE): that key used the local share",
-            get(&q.redis_key_errors),
+            q.redis_key_errors,
         )?;
         if let Some(degraded) = self.limiter.degraded() {
             let g = ConstGauge::new(i64::from(degraded));

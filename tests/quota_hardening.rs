@@ -9,7 +9,7 @@ mod common;
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -119,10 +119,7 @@ async fn waiters_that_went_away_move_the_shared_tail_back() {
             )
         })
         .collect();
-    eventually("50 slots taken", || {
-        limiter.stats().admitted.load(Ordering::Relaxed) == 50
-    })
-    .await;
+    eventually("50 slots taken", || limiter.stats().admitted == 50).await;
     tokio::time::sleep(ms(500)).await;
     for w in &waiting {
         w.abort();
@@ -130,7 +127,7 @@ async fn waiters_that_went_away_move_the_shared_tail_back() {
     for w in waiting {
         let _ = w.await;
     }
-    assert_eq!(limiter.stats().abandoned.load(Ordering::Relaxed), 40);
+    assert_eq!(limiter.stats().abandoned, 40);
     let deadline = Instant::now() + Duration::from_secs(3);
     while zcard(&server, &window_key("cli_tail")).await != 10 {
         assert!(Instant::now() < deadline, "the 40 were not given back");
@@ -141,7 +138,7 @@ async fn waiters_that_went_away_move_the_shared_tail_back() {
         .await
         .expect("served once the window of the ten sent slides, not behind the 40 that left");
     assert!(asked.elapsed() < ms(900), "{:?}", asked.elapsed());
-    assert_eq!(limiter.stats().fallback_admitted.load(Ordering::Relaxed), 0);
+    assert_eq!(limiter.stats().fallback_admitted, 0);
 }
 
 /// Fair shares are counted in Redis over every replica, and a caller's
@@ -236,8 +233,8 @@ async fn a_key_of_the_wrong_type_falls_back_alone() {
         Some(false),
         "the replica stays on Redis"
     );
-    assert!(limiter.stats().redis_key_errors.load(Ordering::Relaxed) >= 1);
-    assert_eq!(limiter.stats().fallback_admitted.load(Ordering::Relaxed), 5);
+    assert!(limiter.stats().redis_key_errors >= 1);
+    assert_eq!(limiter.stats().fallback_admitted, 5);
     // Other keys are shared through Redis as before.
     acquire(&limiter, "cli_fine", ms(200)).await.unwrap();
     assert_eq!(zcard(&server, &window_key("cli_fine")).await, 1);
@@ -255,7 +252,7 @@ async fn a_key_of_the_wrong_type_falls_back_alone() {
     }
     assert_eq!(more, 5);
     assert_eq!(zcard(&server, &broken).await, 10);
-    assert_eq!(limiter.stats().fallback_admitted.load(Ordering::Relaxed), 5);
+    assert_eq!(limiter.stats().fallback_admitted, 5);
 }
 
 /// A hung Redis (SIGSTOP) used to cost one call the 250 ms timeout every
@@ -432,11 +429,11 @@ async fn switching_to_the_local_share_and_back_never_exceeds_the_limit() {
         "switch-over: {} sent, {ok} answered OK of {}, at most {worst} in any second, {} on the local share",
         arrivals.len(),
         codes.len(),
-        limiter.stats().fallback_admitted.load(Ordering::Relaxed)
+        limiter.stats().fallback_admitted
     );
     assert_eq!(h.sandbox.rate_limited(sandbox::Endpoint::CancelOnboard), 0);
     assert!(worst <= 10, "{worst} in one second");
-    assert!(limiter.stats().fallback_admitted.load(Ordering::Relaxed) >= 10);
+    assert!(limiter.stats().fallback_admitted >= 10);
     assert_eq!(limiter.degraded(), Some(false), "back on Redis");
     // The empty Redis learnt the share's slots and served the rest of the run.
     let mut raw = fresh.raw().await;
@@ -546,8 +543,7 @@ async fn one_caller_cannot_hold_a_method_for_everyone() {
     let limiter = h.gateway.gateway.limiter();
     // 5 at once, 12 waiting (half of the 25 that 5 s hold at 5/s), 13 refused.
     eventually("the batch queued", || {
-        limiter.stats().admitted.load(Ordering::Relaxed) == 1 + 17
-            && limiter.stats().refused.load(Ordering::Relaxed) == 13
+        limiter.stats().admitted == 1 + 17 && limiter.stats().refused == 13
     })
     .await;
     let asked = Instant::now();

@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -390,7 +390,7 @@ async fn a_shared_slot_whose_caller_went_away_is_given_back() {
     let gone = second_caller_waiting(&limiter, endpoint).await;
     gone.abort();
     assert!(gone.await.unwrap_err().is_cancelled());
-    assert_eq!(limiter.stats().abandoned.load(Ordering::Relaxed), 1);
+    assert_eq!(limiter.stats().abandoned, 1);
 
     // Given back off the caller's path: only the first slot stays.
     let mut raw = server.raw().await;
@@ -445,7 +445,7 @@ async fn second_caller_waiting(
                 .await
         }
     });
-    while limiter.stats().waited.load(Ordering::Relaxed) == 0 {
+    while limiter.stats().waited == 0 {
         tokio::time::sleep(ms(1)).await;
     }
     second
@@ -467,8 +467,8 @@ async fn a_caller_woken_too_late_gives_its_shared_slot_back_and_takes_a_new_one(
     std::thread::sleep(ms(1300));
     second.await.unwrap().unwrap();
 
-    assert_eq!(limiter.stats().late_wakeups.load(Ordering::Relaxed), 1);
-    assert_eq!(limiter.stats().fallback_admitted.load(Ordering::Relaxed), 0);
+    assert_eq!(limiter.stats().late_wakeups, 1);
+    assert_eq!(limiter.stats().fallback_admitted, 0);
     // The first slot aged out of the window; the late one was given back, so
     // only the new one is left (without the give-back the late one would stay).
     let mut raw = server.raw().await;

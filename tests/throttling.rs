@@ -256,13 +256,7 @@ async fn waiting_calls_are_served_in_arrival_order() {
     // shared machine) gives its slot back and queues again at the end: sending
     // late in its old place could crowd the next window. Everyone else keeps
     // arrival order.
-    let late = h
-        .gateway
-        .gateway
-        .limiter()
-        .stats()
-        .late_wakeups
-        .load(Ordering::Relaxed) as usize;
+    let late = h.gateway.gateway.limiter().stats().late_wakeups as usize;
     let (on_time, requeued) = order.split_at(order.len() - late.min(order.len()));
     let in_order: Vec<&String> = expected.iter().filter(|e| !requeued.contains(e)).collect();
     assert_eq!(
@@ -348,23 +342,9 @@ async fn three_replicas_sharing_redis_never_exceed_the_limit_together() {
     let arrivals = cancel_arrivals(&h.sandbox);
     assert!(common::most_in_any_window(&arrivals, Duration::from_secs(1)) <= 10);
     let allowed = 10 * elapsed.as_secs_f64().ceil() as usize;
-    let errors = h
-        .gateway
-        .gateway
-        .limiter()
-        .stats()
-        .redis_errors
-        .load(Ordering::Relaxed)
-        + b.gateway
-            .limiter()
-            .stats()
-            .redis_errors
-            .load(Ordering::Relaxed)
-        + c.gateway
-            .limiter()
-            .stats()
-            .redis_errors
-            .load(Ordering::Relaxed);
+    let errors = h.gateway.gateway.limiter().stats().redis_errors
+        + b.gateway.limiter().stats().redis_errors
+        + c.gateway.limiter().stats().redis_errors;
     assert!(
         arrivals.len() as f64 >= 0.9 * allowed as f64 && arrivals.len() <= ok,
         "{ok} of {allowed}, {errors} Redis errors"

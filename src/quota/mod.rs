@@ -76,6 +76,39 @@ pub struct QuotaStats {
     pub redis_key_errors: AtomicU64,
 }
 
+/// [`QuotaStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaSnapshot {
+    pub admitted: u64,
+    pub waited: u64,
+    pub waited_micros: u64,
+    pub refused: u64,
+    pub upstream_rate_limited: u64,
+    pub late_wakeups: u64,
+    pub abandoned: u64,
+    pub fallback_admitted: u64,
+    pub redis_errors: u64,
+    pub redis_key_errors: u64,
+}
+
+impl QuotaStats {
+    pub fn snapshot(&self) -> QuotaSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        QuotaSnapshot {
+            admitted: get(&self.admitted),
+            waited: get(&self.waited),
+            waited_micros: get(&self.waited_micros),
+            refused: get(&self.refused),
+            upstream_rate_limited: get(&self.upstream_rate_limited),
+            late_wakeups: get(&self.late_wakeups),
+            abandoned: get(&self.abandoned),
+            fallback_admitted: get(&self.fallback_admitted),
+            redis_errors: get(&self.redis_errors),
+            redis_key_errors: get(&self.redis_key_errors),
+        }
+    }
+}
+
 /// The limits in force: documented ones, overridden by configuration.
 #[derive(Debug, Clone, Default)]
 pub struct LimitTable {
@@ -191,8 +224,10 @@ impl Limiter {
         self.inner.shared.as_ref().map_or(1, |s| s.replicas)
     }
 
-    pub fn stats(&self) -> &QuotaStats {
-        &self.inner.stats
+    /// The counters as plain numbers, read once (metrics and tests read
+    /// this, never the atomics the limiter updates).
+    pub fn stats(&self) -> QuotaSnapshot {
+        self.inner.stats.snapshot()
     }
 
     /// Waits for a slot from which an exchange taking `need` still answers
