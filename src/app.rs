@@ -55,6 +55,11 @@ pub async fn start(
     settings: &Settings,
     apps: Vec<(String, AppCredentials)>,
 ) -> Result<Running, BoxError> {
+    // The routes, read once from the descriptor set: before anything is
+    // bound, so that no call ever waits for them and a bad descriptor set
+    // stops the start rather than a call.
+    let routes = crate::route::catalog();
+    tracing::debug!(routes = routes.routes().len(), "routes loaded");
     let extra_roots_pem = match &settings.feishu.ca_file {
         Some(path) => Some(std::fs::read(path).map_err(|e| {
             format!(

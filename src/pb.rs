@@ -19,3 +19,8 @@ pub mod feishu {
 /// Encoded `FileDescriptorSet` of every proto above, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("feishu_gateway_descriptor");
+
+/// The same protos without source info (comments): what the route catalog
+/// reads at start-up.
+pub const ROUTES_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("feishu_gateway_routes");

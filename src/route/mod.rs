@@ -333,7 +333,7 @@ pub fn catalog() -> &'static Catalog {
         // The descriptor set is built into the binary from the repository's
         // protos; `every_route_loads` proves it loads, so this cannot fail in
         // a tested build.
-        Catalog::load(crate::pb::FILE_DESCRIPTOR_SET)
+        Catalog::load(crate::pb::ROUTES_DESCRIPTOR_SET)
             .unwrap_or_else(|e| panic!("the built-in route options are invalid: {e}"))
     })
 }
