@@ -23,6 +23,99 @@ const TYPED: &[&str] = &[
     "feishu.hire.v1.ApplicationService.CancelOnboard",
 ];
 
+/// Files whose comments reflection keeps: hand-written, or holding seed rpcs.
+const KEEP_COMMENTS: &[&str] = &[
+    "_seed.proto",
+    "feishu/api/annotations.proto",
+    "feishu/corehr/v2/pre_hire.proto",
+    "feishu/corehr/v2/offboarding.proto",
+    "feishu/hire/v1/application.proto",
+];
+
+/// Drops `source_code_info` (field 9) from the files of an encoded
+/// FileDescriptorSet that `strip` names, copying every other byte as it is
+/// (so that custom options survive, which decoding into `prost_types` would lose).
+fn strip_source_info(set: &[u8], strip: impl Fn(&str) -> bool) -> Vec<u8> {
+    use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
+    // The fields of one message: (number, wire type, the field's whole bytes).
+    fn fields(mut buf: &[u8]) -> Vec<(u32, &[u8], &[u8])> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let start = buf;
+            let Ok((number, wire)) = decode_key(&mut buf) else {
+                break;
+            };
+            let body_start = buf;
+            let len = match wire {
+                WireType::Varint => {
+                    let before = buf.len();
+                    if decode_varint(&mut buf).is_err() {
+                        break;
+                    }
+                    let used = before - buf.len();
+                    buf = body_start;
+                    used
+                }
+                WireType::SixtyFourBit => 8,
+                WireType::ThirtyTwoBit => 4,
+                WireType::LengthDelimited => {
+                    let Ok(n) = decode_varint(&mut buf) else {
+                        break;
+                    };
+                    let header = body_start.len() - buf.len();
+                    buf = body_start;
+                    header + n as usize
+                }
+                _ => break,
+            };
+            if buf.len() < len {
+                break;
+            }
+            let (body, rest) = buf.split_at(len);
+            let whole = &start[..start.len() - rest.len()];
+            out.push((number, whole, body));
+            buf = rest;
+        }
+        out
+    }
+    // The payload of a length-delimited field's body (after its length).
+    fn payload(mut body: &[u8]) -> &[u8] {
+        let before = body.len();
+        match decode_varint(&mut body) {
+            Ok(n) if body.len() >= n as usize => &body[..n as usize],
+            _ => &body[before..],
+        }
+    }
+    let mut out = Vec::with_capacity(set.len());
+    for (number, whole, body) in fields(set) {
+        if number != 1 {
+            out.extend_from_slice(whole);
+            continue;
+        }
+        let file = payload(body);
+        let parts = fields(file);
+        let name = parts
+            .iter()
+            .find(|(n, _, _)| *n == 1)
+            .map(|(_, _, b)| String::from_utf8_lossy(payload(b)).into_owned())
+            .unwrap_or_default();
+        if !strip(&name) {
+            out.extend_from_slice(whole);
+            continue;
+        }
+        let mut kept = Vec::with_capacity(file.len());
+        for (n, w, _) in parts {
+            if n != 9 {
+                kept.extend_from_slice(w);
+            }
+        }
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(kept.len() as u64, &mut out);
+        out.extend_from_slice(&kept);
+    }
+    out
+}
+
 fn protos(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -51,9 +144,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .open_files(&files)?;
     // Encoded by protox itself: `prost_types` would drop the custom options
     // (`feishu.api.route`, …), which it keeps as extensions it does not know.
+    // Reflection serves it with the comments of the hand-written files (the
+    // seeds' error lists, the options) and without those of the generated
+    // ones, which say little ("Feishu field …") and held ~10 MB at run time.
     fs::write(
         out_dir.join("feishu_gateway_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        strip_source_info(&compiler.encode_file_descriptor_set(), |name| {
+            !KEEP_COMMENTS.iter().any(|k| name.ends_with(k))
+        }),
     )?;
     // The routes are read from the same protos without their comments: a
     // smaller set, decoded faster and held in less memory at run time.
