@@ -177,9 +177,16 @@ impl UpstreamFault {
     }
 
     /// Whether the caller's call may have been applied: never when the fault
-    /// hit the token request that had to come first.
+    /// hit the token request that had to come first, and never for a read
+    /// (`write: false`), which changes nothing however often it runs.
     pub fn may_have_run(&self) -> bool {
-        self.sent == Sent::Maybe && self.blocked.is_none()
+        self.sent == Sent::Maybe && self.blocked.is_none() && self.writes()
+    }
+
+    /// Whether the endpoint changes state (the token endpoints count as
+    /// writes here: their faults are reported through `blocked`).
+    pub fn writes(&self) -> bool {
+        crate::catalog::by_name(self.endpoint).is_none_or(|e| e.write)
     }
 }
 

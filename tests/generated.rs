@@ -125,3 +125,56 @@ async fn a_user_token_endpoint_is_refused_without_a_send() {
         "nothing reaches Feishu"
     );
 }
+
+/// A read changes nothing: after a fault that may have run it is sent once
+/// more, and a status that still fails says a plain retry is safe.
+#[tokio::test]
+async fn a_read_is_sent_again_after_a_lost_answer_and_says_a_retry_is_safe() {
+    use feishu_gateway::sandbox::{Endpoint, Fault, FaultKind, FaultTarget};
+    let h = common::start().await;
+    let search = Endpoint::from_name("corehr.v2.pre_hires.search").expect("a generated endpoint");
+    let addr = h.gateway.grpc_addr.to_string();
+    let grpcurl = |addr: String| async move {
+        let out = Command::new("grpcurl")
+            .args([
+                "-plaintext",
+                "-d",
+                r#"{"page_size": 10}"#,
+                &addr,
+                "feishu.corehr.v2.PreHireService/Search",
+            ])
+            .output()
+            .await
+            .expect("grpcurl is needed (.ci/run installs it)");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+
+    // One lost answer: the gateway sends the read again and answers OK.
+    h.sandbox.inject(Fault::once(
+        FaultTarget::Endpoint(search),
+        FaultKind::DropConnection,
+    ));
+    let (ok, out) = grpcurl(addr.clone()).await;
+    assert!(ok, "{out}");
+    assert_eq!(h.sandbox.count(search), 2, "sent twice");
+
+    // Lost every time: UNAVAILABLE, and not "may have run".
+    for _ in 0..3 {
+        h.sandbox.inject(Fault::once(
+            FaultTarget::Endpoint(search),
+            FaultKind::DropConnection,
+        ));
+    }
+    let (ok, out) = grpcurl(addr).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("Unavailable"), "{out}");
+    assert!(out.contains(r#""mayHaveRun":"false""#), "{out}");
+    assert!(out.contains("a plain retry is safe"), "{out}");
+}

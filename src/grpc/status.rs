@@ -216,8 +216,16 @@ fn feishu(f: &FeishuError, locale: Locale) -> Status {
 pub const MAY_HAVE_RUN_EN: &str = "It may have been applied: retry only with the same idempotency-key metadata (the gateway then returns the first outcome or reconciles it), or check the record first.";
 pub const MAY_HAVE_RUN_ZH: &str = "操作可能已生效：如需重试，请携带相同的 idempotency-key 元数据（网关会返回首次结果或核对状态），或先核对记录。";
 
+/// The note of a fault on a read: running it again changes nothing.
+pub const READ_RETRY_EN: &str = "This call only reads: a plain retry is safe.";
+pub const READ_RETRY_ZH: &str = "该调用只读取数据，可以直接重试。";
+
 fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
-    let (en_note, zh_note) = (MAY_HAVE_RUN_EN, MAY_HAVE_RUN_ZH);
+    let (en_note, zh_note) = if u.writes() {
+        (MAY_HAVE_RUN_EN, MAY_HAVE_RUN_ZH)
+    } else {
+        (READ_RETRY_EN, READ_RETRY_ZH)
+    };
     let (code, reason, mut en, mut zh) = match (u.kind, u.sent) {
         (FaultKind::Connect, _) => (
             Code::Unavailable,
