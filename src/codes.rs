@@ -222,6 +222,39 @@ pub fn lookup(endpoint: &str, code: i64) -> Option<&'static CodeInfo> {
         .find(|c| c.code == code && (c.endpoints.is_empty() || c.endpoints.contains(&endpoint)))
 }
 
+/// What a Feishu error means for the caller: its gRPC code, its reason and
+/// its catalog row (none for a code its endpoint's document does not list).
+pub struct Meaning {
+    pub grpc: Code,
+    pub reason: std::borrow::Cow<'static, str>,
+    pub row: Option<&'static CodeInfo>,
+}
+
+/// The one decision of what Feishu's `code` on `endpoint` means: the row
+/// for (endpoint or any, code); else, on a seed endpoint, UNKNOWN (a code
+/// its document does not list); else the mapping by HTTP status
+/// ([`generic`]) with reason `FEISHU_<code>`.
+pub fn feishu(endpoint: &str, code: i64, http_status: u16) -> Meaning {
+    use std::borrow::Cow;
+    match lookup(endpoint, code) {
+        Some(row) => Meaning {
+            grpc: row.grpc,
+            reason: Cow::Borrowed(row.reason),
+            row: Some(row),
+        },
+        None if has_catalog(endpoint) => Meaning {
+            grpc: Unknown,
+            reason: Cow::Borrowed("UNKNOWN_FEISHU_CODE"),
+            row: None,
+        },
+        None => Meaning {
+            grpc: generic(http_status).0,
+            reason: Cow::Owned(format!("FEISHU_{code}")),
+            row: None,
+        },
+    }
+}
+
 /// Whether a code is in the catalog for some endpoint (metric labels take only these).
 pub fn is_catalogued(code: i64) -> bool {
     CATALOG.iter().any(|c| c.code == code)

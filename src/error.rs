@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::catalog::Window;
+use crate::{catalog::Window, reason::Reason};
 
 /// A field of the caller's request that is wrong, named as in the proto
 /// (or, for Feishu's own `field_violations`, as Feishu names it).
@@ -49,16 +49,10 @@ pub enum Error {
     Cancelled { endpoint: &'static str },
     /// The gateway cannot serve the call right now (draining, misconfigured app selection, …).
     #[error("{message}")]
-    Unavailable {
-        reason: &'static str,
-        message: String,
-    },
+    Unavailable { reason: Reason, message: String },
     /// The caller asked for something the gateway is not set up for (unknown app, missing tenant).
     #[error("{message}")]
-    NotConfigured {
-        reason: &'static str,
-        message: String,
-    },
+    NotConfigured { reason: Reason, message: String },
 }
 
 /// A Feishu answer with a non-zero `code`, as Feishu sent it.
@@ -183,6 +177,23 @@ impl UpstreamFault {
         self.sent == Sent::Maybe && self.blocked.is_none() && self.writes()
     }
 
+    /// Why the exchange failed, as callers branch on it.
+    pub fn reason(&self) -> Reason {
+        match (self.kind, self.sent) {
+            (FaultKind::Connect, _) => Reason::UpstreamUnreachable,
+            (FaultKind::Refused, _) => Reason::UpstreamRefused,
+            (FaultKind::CallerDeadline, Sent::No) => Reason::DeadlineExceeded,
+            (FaultKind::Timeout, _) => Reason::UpstreamTimeout,
+            (FaultKind::CallerDeadline, Sent::Maybe) => Reason::UpstreamDeadlineExceeded,
+            (FaultKind::Dropped, _) => Reason::UpstreamConnectionLost,
+            (FaultKind::Malformed, _) if self.http_status.is_some_and(|s| s >= 500) => {
+                Reason::UpstreamUnavailable
+            }
+            (FaultKind::TooLarge, _) => Reason::UpstreamResponseTooLarge,
+            (FaultKind::Malformed, _) => Reason::UpstreamMalformedResponse,
+        }
+    }
+
     /// Whether the endpoint changes state (the token endpoints count as
     /// writes here: their faults are reported through `blocked`).
     pub fn writes(&self) -> bool {
@@ -201,7 +212,35 @@ pub struct Throttled {
     pub queue_full: bool,
 }
 
+impl Throttled {
+    pub fn reason(&self) -> Reason {
+        if self.queue_full {
+            Reason::QuotaQueueFull
+        } else {
+            Reason::QuotaExhausted
+        }
+    }
+}
+
 impl Error {
+    /// The stable `ErrorInfo.reason` of this error, decided here for the
+    /// status and the audit record alike: the gateway's own [`Reason`], or
+    /// Feishu's code as the code table names it.
+    pub fn reason(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        match self {
+            Error::InvalidRequest(_) => Cow::Borrowed(Reason::FieldInvalid.as_str()),
+            Error::Feishu(f) => crate::codes::feishu(f.endpoint, f.code, f.http_status).reason,
+            Error::Upstream(u) => Cow::Borrowed(u.reason().as_str()),
+            Error::Throttled(t) => Cow::Borrowed(t.reason().as_str()),
+            Error::DeadlineExceeded { .. } => Cow::Borrowed(Reason::DeadlineExceeded.as_str()),
+            Error::Cancelled { .. } => Cow::Borrowed(Reason::CallerCancelled.as_str()),
+            Error::Unavailable { reason, .. } | Error::NotConfigured { reason, .. } => {
+                Cow::Borrowed(reason.as_str())
+            }
+        }
+    }
+
     /// This error happened while getting a token for `write`, so the write
     /// itself was never sent: a fault of the token request says so.
     pub fn before_sending(self, write: &'static str) -> Self {

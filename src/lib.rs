@@ -21,6 +21,7 @@ pub mod latency;
 pub mod metrics;
 pub mod pb;
 pub mod quota;
+pub mod reason;
 pub mod route;
 pub mod telemetry;
 pub mod token;

@@ -24,6 +24,7 @@ use super::{Denial, Policy};
 use crate::{
     conn::{ConnInfo, Hold, StreamGuard},
     grpc::{status::GATEWAY_DOMAIN, CallerIdentity},
+    reason::Reason,
 };
 
 /// What an admitted stream holds until its response ends.
@@ -118,7 +119,7 @@ where
         };
         let Ok(overall) = shared.overall.clone().try_acquire_owned() else {
             return refuse(shed(
-                "GATEWAY_OVERLOADED",
+                Reason::GatewayOverloaded,
                 "the gateway is serving as many calls as it allows; retry shortly",
             ));
         };
@@ -129,7 +130,7 @@ where
                     Ok(p) => caller_permit = Some(p),
                     Err(_) => {
                         return refuse(shed(
-                            "CALLER_CONCURRENCY_EXCEEDED",
+                            Reason::CallerConcurrencyExceeded,
                             "this caller already has as many calls in flight as it is allowed; retry shortly",
                         ))
                     }
@@ -170,7 +171,7 @@ fn denial_status(denial: &Denial) -> Status {
     let mut details = ErrorDetails::new();
     match denial {
         Denial::Unauthenticated { reason } => {
-            details.set_error_info(*reason, GATEWAY_DOMAIN, HashMap::new());
+            details.set_error_info(reason.as_str(), GATEWAY_DOMAIN, HashMap::new());
             Status::with_error_details(
                 Code::Unauthenticated,
                 "the caller is not authenticated: send a valid client certificate or `authorization: Bearer <key>`",
@@ -179,7 +180,7 @@ fn denial_status(denial: &Denial) -> Status {
         }
         Denial::PermissionDenied { caller } => {
             details.set_error_info(
-                "METHOD_NOT_ALLOWED",
+                Reason::MethodNotAllowed.as_str(),
                 GATEWAY_DOMAIN,
                 HashMap::from([("caller".to_owned(), caller.to_string())]),
             );
@@ -192,9 +193,9 @@ fn denial_status(denial: &Denial) -> Status {
     }
 }
 
-fn shed(reason: &str, message: &str) -> Status {
+fn shed(reason: Reason, message: &str) -> Status {
     let mut details = ErrorDetails::new();
-    details.set_error_info(reason, GATEWAY_DOMAIN, HashMap::new());
+    details.set_error_info(reason.as_str(), GATEWAY_DOMAIN, HashMap::new());
     details.set_retry_info(Some(std::time::Duration::from_millis(100)));
     Status::with_error_details(Code::ResourceExhausted, message, details)
 }

@@ -15,12 +15,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{CallerSettings, GatewaySettings};
+use crate::reason::Reason;
 
 /// Why a request was turned away (the status never says which keys exist).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
     /// No credentials, or credentials that match no caller.
-    Unauthenticated { reason: &'static str },
+    Unauthenticated { reason: Reason },
     /// A known caller asked for a method it is not allowed.
     PermissionDenied { caller: Arc<str> },
 }
@@ -97,7 +98,7 @@ impl Policy {
         }
     }
 
-    fn identify(&self, bearer: Option<&str>, peer: Option<&[u8]>) -> Result<&Caller, &'static str> {
+    fn identify(&self, bearer: Option<&str>, peer: Option<&[u8]>) -> Result<&Caller, Reason> {
         if let Some(der) = peer {
             let (uris, dns) = subject_alt_names(der);
             let by_cert = self.callers.iter().find(|c| {
@@ -114,9 +115,9 @@ impl Policy {
         }
         let Some(key) = bearer else {
             return Err(if peer.is_some() {
-                "CERTIFICATE_NOT_RECOGNIZED"
+                Reason::CertificateNotRecognized
             } else {
-                "CREDENTIALS_MISSING"
+                Reason::CredentialsMissing
             });
         };
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
@@ -130,7 +131,7 @@ impl Policy {
                 }
             }
         }
-        found.ok_or("CREDENTIALS_INVALID")
+        found.ok_or(Reason::CredentialsInvalid)
     }
 }
 
@@ -241,13 +242,13 @@ mod tests {
         assert_eq!(
             p.check(WITHDRAW, Some("nope"), None),
             Err(Denial::Unauthenticated {
-                reason: "CREDENTIALS_INVALID"
+                reason: Reason::CredentialsInvalid
             })
         );
         assert_eq!(
             p.check(WITHDRAW, None, None),
             Err(Denial::Unauthenticated {
-                reason: "CREDENTIALS_MISSING"
+                reason: Reason::CredentialsMissing
             })
         );
     }

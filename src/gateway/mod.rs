@@ -17,6 +17,7 @@ use crate::{
     feishu,
     metrics::Metrics,
     quota::{self, Limiter, QuotaKey},
+    reason::Reason,
     route::{self, Route},
     token::TokenManager,
     upstream::{Outgoing, Upstream},
@@ -202,7 +203,7 @@ impl Gateway {
         }
         if !route.tenant_token {
             return Err(Error::NotConfigured {
-                reason: "TOKEN_TYPE_UNSUPPORTED",
+                reason: Reason::TokenTypeUnsupported,
                 message: format!(
                     "{} accepts only a {} access token; the gateway holds tenant_access_tokens only, and sent nothing",
                     endpoint.name,
@@ -211,7 +212,7 @@ impl Gateway {
             });
         }
         let rendered = route.render(req).ok_or_else(|| Error::Unavailable {
-            reason: "CATALOG_MISMATCH",
+            reason: Reason::CatalogMismatch,
             message: format!("the route of {} does not fit its request", endpoint.name),
         })?;
         let (path, body) = (rendered.path_and_query, rendered.body);
@@ -361,7 +362,7 @@ impl Gateway {
 /// The call's end when the gateway stops before anything was sent.
 fn drained(endpoint: &'static str) -> Error {
     Error::Unavailable {
-        reason: "GATEWAY_DRAINING",
+        reason: Reason::GatewayDraining,
         message: format!(
             "the gateway is shutting down and did not send {endpoint} to Feishu; retry, another replica will serve it"
         ),

@@ -20,6 +20,7 @@ use crate::{
     catalog::Endpoint,
     error::Error,
     idempotency::{self, Begin, Fingerprint, IdempotencyStore, Lease, Outcome, Scope},
+    reason::Reason,
     upstream::LOG_ID_HEADER,
 };
 
@@ -52,7 +53,7 @@ pub fn key(metadata: &MetadataMap, locale: Locale) -> Result<Option<String>, Sta
         Ok(()) => Ok(Some(text.to_owned())),
         Err(rule) => Err(status::own_status(
             Code::InvalidArgument,
-            "IDEMPOTENCY_KEY_INVALID",
+            Reason::IdempotencyKeyInvalid,
             rule.to_owned(),
             "idempotency-key 须为 1 到 128 个字符，仅含字母、数字及 . _ : -。",
             locale,
@@ -83,7 +84,7 @@ pub async fn claim(
         Ok(Begin::Replay(outcome)) => Claim::Replay(outcome),
         Ok(Begin::InProgress { retry_after }) => {
             let mut s = status::own_details(
-                "IDEMPOTENCY_IN_PROGRESS",
+                Reason::IdempotencyInProgress,
                 "a call with this idempotency-key is still in flight; retry after it ends (nothing was sent for this one)",
                 "使用相同 idempotency-key 的调用仍在进行中，请稍后重试（本次请求未发送）。",
                 locale,
@@ -93,7 +94,7 @@ pub async fn claim(
         }
         Ok(Begin::KeyReused) => Claim::Refuse(status::own_status(
             Code::InvalidArgument,
-            "IDEMPOTENCY_KEY_REUSED",
+            Reason::IdempotencyKeyReused,
             "this idempotency-key was used with a different request; use a new key for a new request (nothing was sent)".into(),
             "该 idempotency-key 已用于另一个不同的请求，新请求请使用新的 key（本次请求未发送）。",
             locale,
@@ -101,7 +102,7 @@ pub async fn claim(
         Err(e) => {
             tracing::warn!(error = %e, "idempotency store unavailable; refusing a call that carries a key");
             let mut s = status::own_details(
-                "IDEMPOTENCY_STORE_UNAVAILABLE",
+                Reason::IdempotencyStoreUnavailable,
                 "the gateway cannot reach its idempotency records, so it cannot promise this write runs once; nothing was sent, retry with the same key",
                 "网关暂时无法访问幂等记录，无法保证只执行一次；请求未发送，请使用相同的 key 重试。",
                 locale,
@@ -166,7 +167,7 @@ pub fn note_earlier_attempt(status: Status, subject: &str) -> Status {
         .map(|p| p.violations.clone())
         .unwrap_or_default();
     violations.push(PreconditionViolation::new(
-        "IDEMPOTENCY_EARLIER_ATTEMPT",
+        Reason::IdempotencyEarlierAttempt.as_str(),
         subject,
         "an earlier attempt with this idempotency-key was sent and got no answer; it may have applied, which can explain this error",
     ));

@@ -29,6 +29,7 @@ use crate::{
     gateway::{Answer, Commit, Gateway},
     idempotency::{IdempotencyStore, Lease, Outcome, Scope},
     metrics::Metrics,
+    reason::Reason,
     route::Route,
     telemetry,
     upstream::LOG_ID_HEADER,
@@ -270,7 +271,14 @@ impl Services {
                             idempotent::finish(lease, idempotent::settle_error(&e, &status)).await;
                         }
                     }
-                    record.finish_status(&status);
+                    // The reason from the error itself, not decoded from the
+                    // status built from it.
+                    let log_id = match &e {
+                        Error::Feishu(f) => f.log_id.as_deref(),
+                        Error::Upstream(u) => u.log_id.as_deref(),
+                        _ => None,
+                    };
+                    record.finish(status.code(), &e.reason(), log_id);
                     Err(status)
                 }
             }
@@ -488,7 +496,7 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(Code::Cancelled, "CALLER_CANCELLED", None);
+            self.finish(Code::Cancelled, Reason::CallerCancelled.as_str(), None);
         }
     }
 }

@@ -12,7 +12,8 @@ use tonic_types::{ErrorDetails, FieldViolation as PbFieldViolation, QuotaViolati
 use super::context::Locale;
 use crate::{
     catalog, codes,
-    error::{Error, FaultKind, FeishuError, Sent, Throttled, UpstreamFault},
+    error::{Error, FeishuError, Throttled, UpstreamFault},
+    reason::Reason,
     upstream::LOG_ID_HEADER,
 };
 
@@ -35,7 +36,7 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
                     .join("; ")
             );
             let mut d = own(
-                "FIELD_INVALID",
+                Reason::FieldInvalid,
                 [("fields", fields.join(","))],
                 locale,
                 (&message, &format!("请求参数有误：{}", fields.join("、"))),
@@ -55,7 +56,7 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
             let message =
                 format!("the call's deadline passed while {stage}; nothing was sent to Feishu");
             let d = own(
-                "DEADLINE_EXCEEDED",
+                Reason::DeadlineExceeded,
                 [
                     ("endpoint", endpoint.to_string()),
                     ("stage", stage.to_string()),
@@ -70,7 +71,7 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
                 "the caller went away before the call to {endpoint} was sent; nothing was sent to Feishu"
             );
             let d = own(
-                "CALLER_CANCELLED",
+                Reason::CallerCancelled,
                 [
                     ("endpoint", endpoint.to_string()),
                     ("mayHaveRun", "false".to_owned()),
@@ -82,7 +83,7 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
         }
         Error::Unavailable { reason, message } => {
             let mut d = own(
-                reason,
+                *reason,
                 [],
                 locale,
                 (message, "网关暂时无法处理该请求，请稍后重试。"),
@@ -92,7 +93,7 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
         }
         Error::NotConfigured { reason, message } => {
             let d = own(
-                reason,
+                *reason,
                 [],
                 locale,
                 (message, "网关未配置所请求的应用或租户。"),
@@ -103,17 +104,10 @@ pub fn to_status(err: &Error, locale: Locale) -> Status {
 }
 
 fn feishu(f: &FeishuError, locale: Locale) -> Status {
-    let row = codes::lookup(f.endpoint, f.code);
+    let meaning = codes::feishu(f.endpoint, f.code, f.http_status);
+    let row = meaning.row;
     let generic = row.is_none() && !codes::has_catalog(f.endpoint);
-    let generic_reason;
-    let (code, reason) = match row {
-        Some(r) => (r.grpc, r.reason),
-        None if generic => {
-            generic_reason = format!("FEISHU_{}", f.code);
-            (codes::generic(f.http_status).0, generic_reason.as_str())
-        }
-        None => (Code::Unknown, "UNKNOWN_FEISHU_CODE"),
-    };
+    let (code, reason) = (meaning.grpc, meaning.reason.as_ref());
     let (en, zh) = match row {
         Some(r) => (r.en.to_owned(), r.zh.to_owned()),
         None if generic => (
@@ -226,70 +220,62 @@ fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
     } else {
         (READ_RETRY_EN, READ_RETRY_ZH)
     };
-    let (code, reason, mut en, mut zh) = match (u.kind, u.sent) {
-        (FaultKind::Connect, _) => (
+    let reason = u.reason();
+    let (code, mut en, mut zh) = match reason {
+        Reason::UpstreamUnreachable => (
             Code::Unavailable,
-            "UPSTREAM_UNREACHABLE",
             format!("cannot reach Feishu ({}); nothing was sent", u.detail),
             "无法连接飞书，请求未发送，可以重试。".to_owned(),
         ),
-        (FaultKind::Refused, _) => (
+        Reason::UpstreamRefused => (
             Code::Unavailable,
-            "UPSTREAM_REFUSED",
             format!(
                 "Feishu refused the request before processing it ({}); nothing was applied, a retry is safe",
                 u.detail
             ),
             "飞书在处理前拒绝了请求，操作未执行，可以安全重试。".to_owned(),
         ),
-        (FaultKind::CallerDeadline, Sent::No) => (
+        Reason::DeadlineExceeded => (
             Code::DeadlineExceeded,
-            "DEADLINE_EXCEEDED",
             format!("{}; nothing was sent to Feishu", u.detail),
             "调用截止时间已到，请求未发送到飞书。".to_owned(),
         ),
-        (FaultKind::Timeout, _) => (
+        Reason::UpstreamTimeout => (
             Code::Unavailable,
-            "UPSTREAM_TIMEOUT",
             format!("Feishu did not answer in time ({}). {en_note}", u.detail),
             format!("飞书未能及时响应。{zh_note}"),
         ),
-        (FaultKind::CallerDeadline, Sent::Maybe) => (
+        Reason::UpstreamDeadlineExceeded => (
             Code::DeadlineExceeded,
-            "UPSTREAM_DEADLINE_EXCEEDED",
             format!(
                 "the call's deadline passed while waiting for Feishu ({}). {en_note}",
                 u.detail
             ),
             format!("等待飞书响应时调用已超时。{zh_note}"),
         ),
-        (FaultKind::Dropped, _) => (
+        Reason::UpstreamConnectionLost => (
             Code::Unavailable,
-            "UPSTREAM_CONNECTION_LOST",
             format!(
                 "the connection to Feishu broke before its answer ({}). {en_note}",
                 u.detail
             ),
             format!("与飞书的连接在响应前中断。{zh_note}"),
         ),
-        (FaultKind::Malformed, _) if u.http_status.is_some_and(|s| s >= 500) => (
+        Reason::UpstreamUnavailable => (
             Code::Unavailable,
-            "UPSTREAM_UNAVAILABLE",
             format!("Feishu answered {}. {en_note}", u.detail),
             format!("飞书返回了服务错误页面。{zh_note}"),
         ),
-        (FaultKind::TooLarge, _) => (
+        Reason::UpstreamResponseTooLarge => (
             Code::Internal,
-            "UPSTREAM_RESPONSE_TOO_LARGE",
             format!(
                 "Feishu's answer was too large to read: {}. {en_note}",
                 u.detail
             ),
             format!("飞书的响应过大，网关未读取。{zh_note}"),
         ),
-        (FaultKind::Malformed, _) => (
+        _ => (
             Code::Internal,
-            "UPSTREAM_MALFORMED_RESPONSE",
             format!(
                 "Feishu answered {}, which is not its JSON format. {en_note}",
                 u.detail
@@ -326,21 +312,16 @@ fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
 }
 
 fn throttled(t: &Throttled, locale: Locale) -> Status {
-    let (reason, en) = if t.queue_full {
-        (
-            "QUOTA_QUEUE_FULL",
-            format!(
-                "too many calls are already waiting for the {} quota of {}; nothing was sent; retry in {:?}",
-                t.window, t.endpoint, t.retry_after
-            ),
+    let reason = t.reason();
+    let en = if t.queue_full {
+        format!(
+            "too many calls are already waiting for the {} quota of {}; nothing was sent; retry in {:?}",
+            t.window, t.endpoint, t.retry_after
         )
     } else {
-        (
-            "QUOTA_EXHAUSTED",
-            format!(
-                "the {} quota of {} has no slot from which Feishu's answer can come back before the call's deadline; nothing was sent; retry in {:?}",
-                t.window, t.endpoint, t.retry_after
-            ),
+        format!(
+            "the {} quota of {} has no slot from which Feishu's answer can come back before the call's deadline; nothing was sent; retry in {:?}",
+            t.window, t.endpoint, t.retry_after
         )
     };
     let zh = format!(
@@ -374,7 +355,7 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
 pub fn audit_unavailable(locale: Locale) -> Status {
     own_status(
         Code::Unavailable,
-        "AUDIT_UNAVAILABLE",
+        Reason::AuditUnavailable,
         "the audit trail cannot take this call's record now (its writer is behind); nothing was sent; retry shortly".to_owned(),
         "审计日志暂时无法记录此调用（写入积压），请求未发送，请稍后重试。",
         locale,
@@ -382,7 +363,13 @@ pub fn audit_unavailable(locale: Locale) -> Status {
 }
 
 /// A status of the gateway's own, with its one ErrorInfo and message.
-pub(super) fn own_status(code: Code, reason: &str, en: String, zh: &str, locale: Locale) -> Status {
+pub(super) fn own_status(
+    code: Code,
+    reason: Reason,
+    en: String,
+    zh: &str,
+    locale: Locale,
+) -> Status {
     let (en, d) = own_details(reason, &en, zh, locale);
     build(code, en, d, None)
 }
@@ -390,7 +377,7 @@ pub(super) fn own_status(code: Code, reason: &str, en: String, zh: &str, locale:
 /// The message and details of an error of the gateway's own, for callers
 /// that add details before building the status.
 pub(super) fn own_details(
-    reason: &str,
+    reason: Reason,
     en: &str,
     zh: &str,
     locale: Locale,
@@ -408,14 +395,14 @@ pub(super) fn own_details(
 
 /// Details of an error the gateway detected itself.
 fn own<'a>(
-    reason: &str,
+    reason: Reason,
     metadata: impl IntoIterator<Item = (&'a str, String)>,
     locale: Locale,
     (en, zh): (&str, &str),
 ) -> ErrorDetails {
     let mut d = ErrorDetails::new();
     d.set_error_info(
-        reason,
+        reason.as_str(),
         GATEWAY_DOMAIN,
         metadata
             .into_iter()

@@ -13,6 +13,7 @@ use crate::{
     config::AppCredentials,
     error::Error,
     feishu::{self, Envelope},
+    reason::Reason,
     upstream::Outgoing,
 };
 
@@ -21,7 +22,7 @@ impl TokenManager {
     pub(super) async fn fetch(&self, key: &TokenKey) -> Result<Token, Error> {
         let Some(app) = self.inner.apps.get(&key.app) else {
             return Err(Error::NotConfigured {
-                reason: "UNKNOWN_APP",
+                reason: Reason::UnknownApp,
                 message: format!("no Feishu app named {:?} is configured", key.app),
             });
         };

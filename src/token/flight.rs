@@ -6,6 +6,7 @@
 //! The state lives in a `watch` channel so that waiters wake on every change
 //! (a value, a failure, an eviction) without polling.
 
+use crate::reason::Reason;
 use std::{future::Future, sync::Arc};
 
 use tokio::{sync::watch, time::Instant};
@@ -226,7 +227,7 @@ impl<T: Lease> Drop for Landing<T> {
     fn drop(&mut self) {
         if !self.done {
             self.flight.finish(Err(Error::Unavailable {
-                reason: "TOKEN_FETCH_ABORTED",
+                reason: Reason::TokenFetchAborted,
                 message: "the token request was abandoned (the gateway is stopping); retry".into(),
             }));
         }
@@ -259,7 +260,7 @@ mod tests {
 
     fn unavailable() -> Error {
         Error::Unavailable {
-            reason: "TEST",
+            reason: crate::reason::Reason::UpstreamUnavailable,
             message: "down".into(),
         }
     }

@@ -35,6 +35,7 @@ use crate::{
     catalog,
     config::{AppCredentials, AppKind},
     error::Error,
+    reason::Reason,
     upstream::Upstream,
 };
 use flight::{Flight, Lease, WaitError};
@@ -221,7 +222,7 @@ impl TokenManager {
                 .apps
                 .get_key_value(app)
                 .ok_or_else(|| Error::NotConfigured {
-                    reason: "UNKNOWN_APP",
+                    reason: Reason::UnknownApp,
                     message: format!("no Feishu app named {app:?} is configured"),
                 })?;
         let tenant = match found.creds.kind {
@@ -414,7 +415,7 @@ pub(super) fn record_outcome<T>(result: &Result<T, Error>) {
 fn check_tenant(app: &str, tenant: Option<&str>) -> Result<Arc<str>, Error> {
     let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
         return Err(Error::NotConfigured {
-            reason: "TENANT_KEY_REQUIRED",
+            reason: Reason::TenantKeyRequired,
             message: format!(
                 "{app:?} is a store app: name the tenant to act for in x-feishu-tenant-key metadata"
             ),
@@ -426,7 +427,7 @@ fn check_tenant(app: &str, tenant: Option<&str>) -> Result<Arc<str>, Error> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !well_formed {
         return Err(Error::NotConfigured {
-            reason: "TENANT_KEY_INVALID",
+            reason: Reason::TenantKeyInvalid,
             message: format!(
                 "x-feishu-tenant-key must be at most {TENANT_KEY_MAX} letters, digits, '_' or '-'"
             ),

@@ -30,6 +30,7 @@ use super::{
 use crate::{
     catalog::Endpoint,
     error::{Error, FaultKind, Sent, UpstreamFault},
+    reason::Reason,
 };
 
 /// Feishu's code for an app_access_token it does not accept.
@@ -181,7 +182,7 @@ impl StoreState {
 /// The clear failure of a store app that has no ticket yet.
 pub(crate) fn ticket_missing(app: &str) -> Error {
     Error::Unavailable {
-        reason: "APP_TICKET_MISSING",
+        reason: Reason::AppTicketMissing,
         message: format!(
             "store app {app:?} has no app_ticket yet: the gateway asked Feishu to resend it \
              (deliver it with POST /admin/app_ticket); retry shortly"
@@ -205,7 +206,7 @@ impl TokenManager {
         }
         if delivered.is_empty() {
             return Err(Error::NotConfigured {
-                reason: "UNKNOWN_APP",
+                reason: Reason::UnknownApp,
                 message: format!("no store app with app_id {app_id:?} is configured"),
             });
         }
@@ -233,7 +234,7 @@ impl TokenManager {
             .get(name)
             .and_then(|app| app.store.as_ref().map(|s| (app, s)))
             .ok_or_else(|| Error::NotConfigured {
-                reason: "UNKNOWN_APP",
+                reason: Reason::UnknownApp,
                 message: format!("no store app named {name:?} is configured"),
             })
     }
