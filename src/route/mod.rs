@@ -26,7 +26,8 @@ use crate::{
 };
 
 /// Values longer than this are kept out of the audit trail's `related`
-/// list: a long string is free text, recorded by its length only.
+/// list: a long string is free text, recorded by its length only (as are
+/// the values of fields that name nothing, see `build`).
 pub const AUDIT_VALUE_MAX: usize = 64;
 /// Most `related` entries kept per call (a list of IDs can be long).
 const AUDIT_RELATED_MAX: usize = 32;
@@ -577,14 +578,22 @@ fn build(
         if mode == 2 || (mode == 0 && path_fields.contains(&f)) {
             continue;
         }
-        let label = get("audit_label")
+        let explicit = get("audit_label")
             .and_then(|v| v.as_str().map(str::to_owned))
-            .filter(|l| !l.is_empty())
-            .unwrap_or_else(|| f.json_name().to_owned());
+            .filter(|l| !l.is_empty());
+        // Without a label chosen in the proto, a value is kept only where it
+        // names something (an ID, a type, a flag): a generated request's other
+        // fields (names, phone numbers, amounts, text) go by length only.
+        let identifying = explicit.is_some()
+            || matches!(f.kind(), Kind::Bool | Kind::Enum(_))
+            || ["_id", "_ids", "_id_list", "_type"]
+                .iter()
+                .any(|s| f.json_name().ends_with(s))
+            || f.json_name() == "id";
         audit.push(AuditField {
             field: f.clone(),
-            label,
-            text: mode == 1,
+            label: explicit.unwrap_or_else(|| f.json_name().to_owned()),
+            text: mode == 1 || !identifying,
         });
     }
 

@@ -335,3 +335,20 @@ fn a_generated_get_has_no_body() {
         out.path_and_query
     );
 }
+
+#[test]
+fn a_generated_request_audits_ids_and_flags_and_only_the_length_of_the_rest() {
+    let r = route("feishu.corehr.v2.PersonService/Patch");
+    let m = message(
+        r,
+        &[
+            ("person_id", s("7001")),
+            ("no_need_query", Value::Bool(true)),
+            ("phone_number", s("13800000000")),
+        ],
+    );
+    let facts = r.audit(&m);
+    assert_eq!(facts.related, ["no_need_query:true"]);
+    assert_eq!(facts.text_chars, Some(11), "the phone number by its length");
+    assert_eq!(r.subject(&m), "persons/7001");
+}
