@@ -36,8 +36,11 @@ const KEEP_COMMENTS: &[&str] = &[
 /// FileDescriptorSet that `strip` names, copying every other byte as it is
 /// (so that custom options survive, which decoding into `prost_types` would lose).
 fn strip_source_info(set: &[u8], strip: impl Fn(&str) -> bool) -> Vec<u8> {
-    use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
-    // The fields of one message: (number, wire type, the field's whole bytes).
+    use prost::encoding::{
+        decode_key, decode_varint, encode_key, encode_varint, skip_field, DecodeContext, WireType,
+    };
+    /// Each field of a message: its number, its whole bytes (key included)
+    /// and, when length-delimited, its payload.
     fn fields(mut buf: &[u8]) -> Vec<(u32, &[u8], &[u8])> {
         let mut out = Vec::new();
         while !buf.is_empty() {
@@ -45,70 +48,36 @@ fn strip_source_info(set: &[u8], strip: impl Fn(&str) -> bool) -> Vec<u8> {
             let Ok((number, wire)) = decode_key(&mut buf) else {
                 break;
             };
-            let body_start = buf;
-            let len = match wire {
-                WireType::Varint => {
-                    let before = buf.len();
-                    if decode_varint(&mut buf).is_err() {
-                        break;
-                    }
-                    let used = before - buf.len();
-                    buf = body_start;
-                    used
-                }
-                WireType::SixtyFourBit => 8,
-                WireType::ThirtyTwoBit => 4,
-                WireType::LengthDelimited => {
-                    let Ok(n) = decode_varint(&mut buf) else {
-                        break;
-                    };
-                    let header = body_start.len() - buf.len();
-                    buf = body_start;
-                    header + n as usize
-                }
-                _ => break,
-            };
-            if buf.len() < len {
+            let body = buf;
+            if skip_field(wire, number, &mut buf, DecodeContext::default()).is_err() {
                 break;
             }
-            let (body, rest) = buf.split_at(len);
-            let whole = &start[..start.len() - rest.len()];
-            out.push((number, whole, body));
-            buf = rest;
+            let whole = &start[..start.len() - buf.len()];
+            let mut payload = &body[..body.len() - buf.len()];
+            if wire == WireType::LengthDelimited && decode_varint(&mut payload).is_err() {
+                break;
+            }
+            out.push((number, whole, payload));
         }
         out
     }
-    // The payload of a length-delimited field's body (after its length).
-    fn payload(mut body: &[u8]) -> &[u8] {
-        let before = body.len();
-        match decode_varint(&mut body) {
-            Ok(n) if body.len() >= n as usize => &body[..n as usize],
-            _ => &body[before..],
-        }
-    }
     let mut out = Vec::with_capacity(set.len());
-    for (number, whole, body) in fields(set) {
-        if number != 1 {
-            out.extend_from_slice(whole);
-            continue;
-        }
-        let file = payload(body);
+    for (number, whole, file) in fields(set) {
         let parts = fields(file);
         let name = parts
             .iter()
             .find(|(n, _, _)| *n == 1)
-            .map(|(_, _, b)| String::from_utf8_lossy(payload(b)).into_owned())
+            .map(|(_, _, name)| String::from_utf8_lossy(name).into_owned())
             .unwrap_or_default();
-        if !strip(&name) {
+        if number != 1 || !strip(&name) {
             out.extend_from_slice(whole);
             continue;
         }
-        let mut kept = Vec::with_capacity(file.len());
-        for (n, w, _) in parts {
-            if n != 9 {
-                kept.extend_from_slice(w);
-            }
-        }
+        let kept: Vec<u8> = parts
+            .iter()
+            .filter(|(n, _, _)| *n != 9)
+            .flat_map(|(_, w, _)| w.iter().copied())
+            .collect();
         encode_key(1, WireType::LengthDelimited, &mut out);
         encode_varint(kept.len() as u64, &mut out);
         out.extend_from_slice(&kept);

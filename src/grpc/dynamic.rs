@@ -9,7 +9,6 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::Buf;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::{
@@ -62,8 +61,7 @@ impl Decoder for DynamicDecoder {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        DynamicMessage::decode(self.0.clone(), bytes)
+        DynamicMessage::decode(self.0.clone(), src)
             .map(Some)
             .map_err(|e| {
                 Status::invalid_argument(format!(

@@ -104,63 +104,26 @@ pub async fn serve(
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_connection_age(Duration::from_secs(30 * 60))
         .layer(serving.auth)
-        .add_routes(routes(
+        .add_routes(with_routed(
+            tonic::service::Routes::new(health)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha),
             services,
             max,
-            health,
-            reflection_v1,
-            reflection_v1alpha,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
 
-/// Health, reflection, and every routed service mounted on the one generic
-/// service (by name, as tonic mounts a generated one).
-fn routes<H, R1, R2>(
+/// Mounts every routed service on the one generic service (by name, as
+/// tonic mounts a generated one) beside the named services of `routes`.
+fn with_routed(
+    routes: tonic::service::Routes,
     services: Services,
     max_request_bytes: usize,
-    health: H,
-    reflection_v1: R1,
-    reflection_v1alpha: R2,
-) -> tonic::service::Routes
-where
-    H: tower::Service<
-            http::Request<tonic::body::Body>,
-            Error = std::convert::Infallible,
-            Response = http::Response<tonic::body::Body>,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    H::Future: Send + 'static,
-    R1: tower::Service<
-            http::Request<tonic::body::Body>,
-            Error = std::convert::Infallible,
-            Response = http::Response<tonic::body::Body>,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    R1::Future: Send + 'static,
-    R2: tower::Service<
-            http::Request<tonic::body::Body>,
-            Error = std::convert::Infallible,
-            Response = http::Response<tonic::body::Body>,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    R2::Future: Send + 'static,
-{
-    let mut router = tonic::service::Routes::new(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .into_axum_router();
+) -> tonic::service::Routes {
+    let mut router = routes.into_axum_router();
     let dynamic = super::dynamic::RouteService::new(services, max_request_bytes);
     for name in route::catalog().services() {
         router = router.route_service(&format!("/{name}/{{*rest}}"), dynamic.clone());

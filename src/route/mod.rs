@@ -48,6 +48,8 @@ pub struct Route {
     /// The token types Feishu accepts, as the route names them.
     pub tokens: Vec<String>,
     path_fields: Vec<FieldDescriptor>,
+    /// The path parameters no `id` rule checks already (checked as IDs anyway).
+    unruled_path_fields: Vec<FieldDescriptor>,
     /// Query and body fields with Feishu's name for each.
     query_fields: Vec<(FieldDescriptor, String)>,
     body_fields: Vec<(FieldDescriptor, String)>,
@@ -93,10 +95,7 @@ impl Route {
         for rule in &self.rules {
             rule.check(msg, out);
         }
-        for field in &self.path_fields {
-            if self.rules.iter().any(|r| r.field == *field && r.id) {
-                continue;
-            }
+        for field in &self.unruled_path_fields {
             if let Value::String(s) = &*msg.get_field(field) {
                 validate::id(field.name(), s, out);
             }
@@ -312,7 +311,6 @@ fn enum_choices(e: &prost_reflect::EnumDescriptor, named: bool) -> String {
 
 /// Every route of the descriptor set, by gRPC path and by endpoint name.
 pub struct Catalog {
-    pool: DescriptorPool,
     by_path: HashMap<String, &'static Route>,
     by_name: HashMap<&'static str, &'static Route>,
     routes: Vec<&'static Route>,
@@ -386,7 +384,6 @@ impl Catalog {
             }
         }
         Ok(Self {
-            pool,
             by_path,
             by_name,
             routes,
@@ -417,10 +414,6 @@ impl Catalog {
         names.sort_unstable();
         names.dedup();
         names
-    }
-
-    pub fn pool(&self) -> &DescriptorPool {
-        &self.pool
     }
 }
 
@@ -629,6 +622,11 @@ fn build(
         write,
         already_applied: Box::leak(already_applied.into_boxed_slice()),
     }));
+    let unruled_path_fields = path_fields
+        .iter()
+        .filter(|f| !rules.iter().any(|r| r.field == **f && r.id))
+        .cloned()
+        .collect();
     Ok(Route {
         endpoint,
         grpc_method: leak(grpc_method.to_owned()),
@@ -637,6 +635,7 @@ fn build(
         tenant_token: tokens.is_empty() || tokens.iter().any(|t| t == "tenant"),
         tokens,
         path_fields,
+        unruled_path_fields,
         query_fields,
         body_fields,
         rules,
