@@ -580,3 +580,91 @@ async fn h2c_with_prior_knowledge_reaches_an_http2_only_nginx() {
         "one HTTP/2 connection: {sent:#?}"
     );
 }
+
+/// grpcurl (a dynamic client, through reflection) against the gateway.
+async fn grpcurl(addr: std::net::SocketAddr, data: &str, method: &str) -> (bool, String) {
+    let out = tokio::process::Command::new("grpcurl")
+        .args(["-plaintext", "-d", data, &addr.to_string(), method])
+        .output()
+        .await
+        .expect("grpcurl is needed (.ci/run installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Generated routes as nginx sees them: a GET with its path parameter,
+/// query (a list repeated) and no body, a PATCH; Feishu's answer read
+/// leniently (a number where a string is declared, a string where a number
+/// is, an unknown field).
+#[tokio::test]
+async fn generated_routes_send_their_method_path_and_query_as_feishu_documents_them() {
+    let get = r#"if ($request_method != GET) { return 405; }
+if ($http_content_type) { return 415; }
+if ($http_authorization != "Bearer t-nginx") { return 400 '{"code":99991663,"msg":"Invalid access token for authorization"}'; }"#;
+    let patch = r#"if ($request_method != PATCH) { return 405; }
+if ($http_authorization != "Bearer t-nginx") { return 400 '{"code":99991663,"msg":"Invalid access token for authorization"}'; }"#;
+    let n = plain(&[
+        token_ok(),
+        block(
+            "~ ^/open-apis/hire/v1/applications/[0-9]+$",
+            "logget",
+            &[],
+            get,
+            &json(
+                200,
+                r#"{"code":0,"msg":"success","data":{"application":{"id":"1111111111","talent_id":7,"active_status":"1","new_field":{"x":1}}}}"#,
+            ),
+        ),
+        block(
+            "~ ^/open-apis/corehr/v2/persons/[0-9]+$",
+            "logpatch",
+            &[],
+            patch,
+            &json(200, r#"{"code":0,"msg":"success","data":{}}"#),
+        ),
+    ]);
+    let (gw, _channel) = gateway(n.http_origin(), |_| {}).await;
+
+    let (ok, out) = grpcurl(
+        gw.grpc_addr,
+        r#"{"application_id":"1111111111","user_id_type":"open_id","options":["get_onboard","get_offer"]}"#,
+        "feishu.hire.v1.ApplicationService/Get",
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains(r#""talent_id": "7""#), "{out}");
+    assert!(out.contains(r#""active_status": "1""#), "{out}");
+    let (ok, out) = grpcurl(
+        gw.grpc_addr,
+        r#"{"person_id":"7001","person_id_body":"7001","phone_number":"13800000000"}"#,
+        "feishu.corehr.v2.PersonService/Patch",
+    )
+    .await;
+    assert!(ok, "{out}");
+
+    let sent: Vec<(String, String, u16)> = business_requests(&n)
+        .into_iter()
+        .map(|r| (r.method, r.uri, r.status))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (
+                "GET".to_owned(),
+                "/open-apis/hire/v1/applications/1111111111?user_id_type=open_id&options=get_onboard&options=get_offer".to_owned(),
+                200
+            ),
+            (
+                "PATCH".to_owned(),
+                "/open-apis/corehr/v2/persons/7001".to_owned(),
+                200
+            ),
+        ]
+    );
+}
