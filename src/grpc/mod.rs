@@ -1,7 +1,7 @@
-//! The gRPC edge: thin services that read the caller's metadata, hand the
-//! request to the gateway, and turn the result into a response or a status.
-//! Each call gets a span (continuing the caller's W3C trace), RPC metrics,
-//! and — every call here changes state in Feishu — one audit record.
+//! The gRPC edge: one handler for every route that reads the caller's
+//! metadata, hands the request to the gateway, and turns the result into a
+//! response or a status. Each call gets a span (continuing the caller's W3C
+//! trace), RPC metrics and one audit record, reads included.
 
 pub mod context;
 pub mod dynamic;
