@@ -78,6 +78,7 @@ static OBSERVED: LazyLock<Observed> = LazyLock::new(|| {
         .json()
         .with_current_span(false)
         .with_span_list(true)
+        .fmt_fields(feishu_gateway::telemetry::SpanFields)
         .with_writer(move || writer.clone());
     // Spans at INFO, as exported under the default RUST_LOG (h2's TRACE spans
     // per poll would only bloat the exporter); log lines at TRACE, every crate.
