@@ -16,7 +16,10 @@
 
 use std::{
     io::Write as _,
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -95,6 +98,25 @@ pub struct Trail {
     /// Lines reserved or waiting for the writer.
     queued: Gauge,
     sink: Sink,
+    waker: Arc<Waker>,
+}
+
+/// Wakes the writer early, before its gathering window ends, once a
+/// quarter of the queue waits: a burst must not fill the queue (and refuse
+/// calls) while a healthy writer sleeps.
+struct Waker {
+    writer: std::thread::Thread,
+    /// Lines sent and not yet taken by the writer.
+    waiting: AtomicUsize,
+    wake_at: usize,
+}
+
+impl Waker {
+    fn sent(&self) {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) + 1 >= self.wake_at {
+            self.writer.unpark();
+        }
+    }
 }
 
 impl std::fmt::Debug for Trail {
@@ -110,6 +132,7 @@ impl std::fmt::Debug for Trail {
 pub struct Slot {
     permit: Option<mpsc::OwnedPermit<Entry>>,
     queued: Gauge,
+    waker: Arc<Waker>,
 }
 
 impl Trail {
@@ -117,13 +140,32 @@ impl Trail {
     /// `capacity` lines (at least one). `queued` is the gauge of lines
     /// reserved or waiting.
     pub fn start(capacity: usize, queued: Gauge) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
         let sink = sink();
         let gauge = queued.clone();
-        std::thread::Builder::new()
+        let (started, writer) = std::sync::mpsc::channel::<Arc<Waker>>();
+        let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_lines(rx, sink, &gauge))?;
-        Ok(Self { tx, queued, sink })
+            .spawn(move || {
+                if let Ok(waker) = writer.recv() {
+                    write_lines(rx, sink, &gauge, &waker);
+                }
+            })?;
+        let waker = Arc::new(Waker {
+            writer: thread.thread().clone(),
+            waiting: AtomicUsize::new(0),
+            wake_at: (capacity / 4).max(1),
+        });
+        started
+            .send(waker.clone())
+            .map_err(|_| std::io::Error::other("the audit writer ended at start"))?;
+        Ok(Self {
+            tx,
+            queued,
+            sink,
+            waker,
+        })
     }
 
     /// Holds a place for one line, or `None` when the queue is full (the
@@ -134,6 +176,7 @@ impl Trail {
         Some(Slot {
             permit: Some(permit),
             queued: self.queued.clone(),
+            waker: self.waker.clone(),
         })
     }
 
@@ -160,6 +203,7 @@ impl Slot {
     pub fn send(mut self, line: Line) {
         if let Some(permit) = self.permit.take() {
             permit.send(Entry::Line(Box::new(line)));
+            self.waker.sent();
         }
     }
 }
@@ -174,10 +218,10 @@ impl Drop for Slot {
 }
 
 /// How long the writer lets lines gather after the first of a batch: a
-/// line waits at most this long, and the writer wakes at most once per
-/// window. Waking it for every line cost the worker that queued it a
-/// context switch per call, about a tenth of a call's CPU on one core
-/// (issue 16).
+/// line waits at most this long, and a busy writer wakes about once per
+/// window (or when a quarter of the queue waits, see [`Waker`]). Waking it
+/// for every line cost the worker that queued it a context switch per
+/// call, about a tenth of a call's CPU on one core (issue 16).
 const GATHER: Duration = Duration::from_millis(2);
 
 /// The most lines in one write.
@@ -185,11 +229,13 @@ const BATCH: i64 = 1024;
 
 /// The writer thread: lines in queue order, each batch in one write and
 /// flushed; ends when every sender is gone.
-fn write_lines(mut rx: mpsc::Receiver<Entry>, sink: Sink, queued: &Gauge) {
+fn write_lines(mut rx: mpsc::Receiver<Entry>, sink: Sink, queued: &Gauge, waker: &Waker) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut acks = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        std::thread::sleep(GATHER);
+        if waker.waiting.load(Ordering::Relaxed) < waker.wake_at {
+            std::thread::park_timeout(GATHER);
+        }
         buf.clear();
         let mut lines: i64 = 0;
         let mut next = Some(first);
@@ -216,6 +262,11 @@ fn write_lines(mut rx: mpsc::Receiver<Entry>, sink: Sink, queued: &Gauge) {
             let _ = out.flush();
         }
         queued.dec_by(lines);
+        let _ = waker
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(usize::try_from(lines).unwrap_or(usize::MAX)))
+            });
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }

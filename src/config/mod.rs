@@ -379,7 +379,7 @@ impl Settings {
                 "FEISHU_BASE_URL (feishu.base_url) {why}, got {base:?} (expected an origin like {DEFAULT_BASE_URL})"
             ))
         };
-        let url = reqwest::Url::parse(base).map_err(|_| bad("is not a URL"))?;
+        let url = url::Url::parse(base).map_err(|_| bad("is not a URL"))?;
         if url.path() != "/" || base.ends_with('/') || url.query().is_some() {
             return Err(bad("must be an origin without a path"));
         }
@@ -585,7 +585,7 @@ fn read_secret(
 }
 
 /// Plain HTTP is allowed only where no network is crossed (the sandbox, tests).
-fn is_loopback(url: &reqwest::Url) -> bool {
+fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

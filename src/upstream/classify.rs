@@ -5,13 +5,14 @@ use h2::Reason;
 
 use crate::error::{FaultKind, Sent};
 
-/// Kind, "sent", and a description without secrets (reqwest's text may name
-/// the URL, never headers or bodies).
-pub(super) fn classify(e: &reqwest::Error) -> (FaultKind, Sent, String) {
-    let detail = std::error::Error::source(e)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| e.to_string());
-    if e.is_connect() {
+/// Kind, "sent", and a description without secrets (hyper's and the
+/// connector's texts name neither headers nor bodies).
+pub(super) fn classify(e: &(dyn std::error::Error + 'static)) -> (FaultKind, Sent, String) {
+    let detail = chain(e);
+    let connect = e
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(hyper_util::client::legacy::Error::is_connect);
+    if connect {
         return (
             FaultKind::Connect,
             Sent::No,
@@ -25,7 +26,10 @@ pub(super) fn classify(e: &reqwest::Error) -> (FaultKind, Sent, String) {
             format!("Feishu refused the request before processing it ({why}): {detail}"),
         );
     }
-    if e.is_timeout() {
+    if causes(e).any(|c| {
+        c.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+    }) {
         return (
             FaultKind::Timeout,
             Sent::Maybe,
@@ -45,9 +49,8 @@ pub(super) fn classify(e: &reqwest::Error) -> (FaultKind, Sent, String) {
 /// streams above the peer's last processed one (§6.8); and hyper's
 /// "canceled", given to a request still queued when its connection closed,
 /// before any byte of it was written.
-fn refused_unprocessed(e: &reqwest::Error) -> Option<&'static str> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
+fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    for err in causes(e) {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             if h2.reason() == Some(Reason::REFUSED_STREAM) {
                 return Some("HTTP/2 REFUSED_STREAM");
@@ -61,7 +64,30 @@ fn refused_unprocessed(e: &reqwest::Error) -> Option<&'static str> {
                 return Some("the connection closed before the request was written");
             }
         }
-        source = err.source();
     }
     None
+}
+
+/// The error and its sources, outermost first.
+fn causes<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// "client error (Connect): tcp connect error: Connection refused": each
+/// cause once (a wrapper that repeats its source's text is skipped).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for cause in causes(e) {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

@@ -14,7 +14,13 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
 use tokio::time::Instant;
 
 use crate::latency::{self, Estimator};
@@ -46,12 +52,18 @@ pub struct Outgoing<'a> {
     pub finish_past_deadline: bool,
 }
 
+/// The pooled HTTP client, as the gateway builds it.
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// The shared client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
-    /// Feishu's origin, parsed once: each call only sets its path and query.
-    base_url: reqwest::Url,
+    client: Pool,
+    /// Feishu's origin (`scheme://authority`): each call appends its path
+    /// and query and parses only the result's path (no URL parser with
+    /// IDNA per call, as reqwest's had).
+    origin: Arc<str>,
+    user_agent: HeaderValue,
     timeout: Duration,
     /// Bytes of an answer body read at most (see [`UpstreamOptions::max_response_bytes`]).
     max_response_bytes: usize,
@@ -79,40 +91,74 @@ pub struct UpstreamOptions {
 impl Upstream {
     pub fn new(opts: &UpstreamOptions) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let base_url = opts.base_url.as_str();
-        let base = reqwest::Url::parse(base_url)?;
+        let base = url::Url::parse(base_url)?;
         if base.cannot_be_a_base() || base.path() != "/" || base.query().is_some() {
             return Err(format!("the Feishu base URL must be an origin, got {base_url:?}").into());
         }
+        let origin: Arc<str> = base_url.trim_end_matches('/').into();
+        // The origin must make a URI with any path appended.
+        Uri::try_from(format!("{origin}/"))?;
+
+        // TCP as reqwest set it up: no Nagle delay, keepalive probes after
+        // 15 s idle (a dead peer is noticed), the connect bound.
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(opts.connect_timeout));
+        tcp.set_keepalive(Some(Duration::from_secs(15)));
+        tcp.set_keepalive_interval(Some(Duration::from_secs(15)));
+        tcp.set_keepalive_retries(Some(3));
         // Over TLS, rustls offers `h2` and `http/1.1` by ALPN and the server
-        // picks. Over plain HTTP there is no negotiation: HTTP/1.1 with a
-        // keep-alive pool, as every HTTP client speaks, unless the operator
-        // knows the upstream speaks h2c.
-        let mut builder = reqwest::Client::builder();
-        if base.scheme() == "http" && opts.http2_prior_knowledge {
-            builder = builder.http2_prior_knowledge();
-        }
-        if let Some(pem) = &opts.extra_roots_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
-                builder = builder.add_root_certificate(cert);
+        // picks. The platform's roots, plus any configured ones.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = match &opts.extra_roots_pem {
+            None => rustls_platform_verifier::Verifier::new(provider.clone())?,
+            Some(pem) => {
+                use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+                let roots = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+                if roots.is_empty() {
+                    return Err("the extra root certificates hold no PEM certificate".into());
+                }
+                rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider.clone())?
             }
-        }
-        let client = builder
-            // The gateway owns every resend (gateway::call): it alone knows
-            // whether the call is a write, what its deadline and quota allow,
-            // and it counts each send against the limiter. reqwest's own
-            // policy would resend refused streams up to twice more, unseen.
-            .retry(reqwest::retry::never())
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.connect_timeout)
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        // Over plain HTTP there is no negotiation: HTTP/1.1 with a keep-alive
+        // pool, as every HTTP client speaks, unless the operator knows the
+        // upstream speaks h2c. No proxy from the environment and no redirects
+        // (this client has neither). The gateway owns every resend
+        // (gateway::call): it alone knows whether the call is a write, what
+        // its deadline and quota allow, and it counts each send against the
+        // limiter. hyper's own resend of a request whose pooled connection
+        // closed before it was written is off: the gateway sees it as
+        // "not sent" (classify) and decides.
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .retry_canceled_requests(false)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .user_agent(concat!("feishu-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .pool_max_idle_per_host(256);
+        if base.scheme() == "http" && opts.http2_prior_knowledge {
+            builder.http2_only(true);
+        }
         Ok(Self {
-            client,
-            base_url: base,
+            client: builder.build(connector),
+            origin,
+            user_agent: HeaderValue::from_static(concat!(
+                "feishu-gateway/",
+                env!("CARGO_PKG_VERSION")
+            )),
             timeout: opts.timeout,
             max_response_bytes: opts.max_response_bytes,
             latency: Arc::default(),
@@ -161,37 +207,45 @@ impl Upstream {
             Some(left) if left < self.timeout && !req.finish_past_deadline => (left, true),
             _ => (self.timeout, false),
         };
-        // Only the path and query are parsed per call (the origin's host
-        // parsing was a few per cent of the gateway's CPU).
-        let mut url = self.base_url.clone();
-        let (path, query) = match req.path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (req.path_and_query, None),
+        let fault = |kind, sent, detail| UpstreamFault::new(req.endpoint, kind, sent, detail);
+        let uri = match Uri::try_from(format!("{}{}", self.origin, req.path_and_query)) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Err(fault(
+                    FaultKind::Connect,
+                    Sent::No,
+                    format!("the request's path is not a valid URI ({e}); nothing was sent"),
+                ))
+            }
         };
-        url.set_path(path);
-        url.set_query(query);
         let method = match req.method {
-            "GET" => reqwest::Method::GET,
-            "PUT" => reqwest::Method::PUT,
-            "PATCH" => reqwest::Method::PATCH,
-            "DELETE" => reqwest::Method::DELETE,
-            _ => reqwest::Method::POST,
+            "GET" => Method::GET,
+            "PUT" => Method::PUT,
+            "PATCH" => Method::PATCH,
+            "DELETE" => Method::DELETE,
+            _ => Method::POST,
         };
-        let mut builder = self.client.request(method, url);
-        if let Some(body) = req.body {
-            builder = builder
-                .header(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                )
-                .body(body);
+        let mut request = http::Request::new(Full::new(req.body.clone().unwrap_or_default()));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(http::header::USER_AGENT, self.user_agent.clone());
+        if req.body.is_some() {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
         }
         if let Some(bearer) = req.bearer {
-            builder = builder.header(http::header::AUTHORIZATION, bearer.clone());
+            headers.insert(http::header::AUTHORIZATION, bearer.clone());
         }
         let max = self.max_response_bytes;
         let exchange = async {
-            let mut response = builder.send().await?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(Failure::Client)?;
             let status = response.status().as_u16();
             let headers = response.headers();
             let log_id = header_str(headers, LOG_ID_HEADER).and_then(feishu::bound_log_id);
@@ -201,13 +255,16 @@ impl Upstream {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
                 .map(Duration::from_secs_f64);
-            // With a Content-Length (and no decoding), the body's exact size.
-            let declared = response.content_length();
+            let mut body = response.into_body();
+            // With a Content-Length, the body's exact size.
+            let declared = hyper::body::Body::size_hint(&body).exact();
             // A declared length over the bound is refused before a byte of it is read.
             let body = if declared.is_some_and(|n| n > max as u64) {
                 None
             } else {
-                read_body(&mut response, declared, max).await?
+                read_body(&mut body, declared, max)
+                    .await
+                    .map_err(Failure::Body)?
             };
             let Some(body) = body else {
                 return Ok(Read::TooLarge {
@@ -216,7 +273,7 @@ impl Upstream {
                     declared,
                 });
             };
-            Ok::<_, reqwest::Error>(Read::Answer(RawAnswer {
+            Ok::<_, Failure>(Read::Answer(RawAnswer {
                 status,
                 log_id,
                 ratelimit_limit,
@@ -224,7 +281,6 @@ impl Upstream {
                 body,
             }))
         };
-        let fault = |kind, sent, detail| UpstreamFault::new(req.endpoint, kind, sent, detail);
         match tokio::time::timeout(budget, exchange).await {
             Err(_) => {
                 // At least this long: the estimate must not forget a timeout.
@@ -244,7 +300,10 @@ impl Upstream {
                 })
             }
             Ok(Err(e)) => {
-                let (kind, sent, detail) = classify::classify(&e);
+                let (kind, sent, detail) = match &e {
+                    Failure::Client(e) => classify::classify(e),
+                    Failure::Body(e) => classify::classify(e),
+                };
                 Err(fault(kind, sent, detail))
             }
             Ok(Ok(Read::Answer(answer))) => {
@@ -280,6 +339,13 @@ impl Upstream {
     }
 }
 
+/// Why an exchange failed: before its answer's head (the client's error,
+/// which knows whether it connected), or while reading the body.
+enum Failure {
+    Client(hyper_util::client::legacy::Error),
+    Body(hyper::Error),
+}
+
 /// What reading an answer gave.
 enum Read {
     Answer(RawAnswer),
@@ -296,15 +362,19 @@ enum Read {
 /// proves longer (the rest is never read: dropping the response closes the
 /// HTTP/1.1 connection, or resets the HTTP/2 stream).
 async fn read_body(
-    response: &mut reqwest::Response,
+    body: &mut hyper::body::Incoming,
     declared: Option<u64>,
     max: usize,
-) -> Result<Option<Bytes>, reqwest::Error> {
+) -> Result<Option<Bytes>, hyper::Error> {
     // Most answers are one chunk: kept as it is, copied only when a second comes.
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
     let mut len = 0usize;
-    while let Some(chunk) = response.chunk().await? {
+    while let Some(frame) = body.frame().await {
+        // Trailers, if any, carry nothing the gateway reads.
+        let Ok(chunk) = frame?.into_data() else {
+            continue;
+        };
         len = len.saturating_add(chunk.len());
         if len > max {
             return Ok(None);
