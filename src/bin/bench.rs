@@ -6,6 +6,8 @@
 //!   with many callers, and Feishu's Python SDK as a reference.
 //! - `bench quota`: 10x overload with Feishu's limits on, one gateway and a fleet sharing
 //!   Redis: 429s, the most calls in any window, and calls against the allowed number.
+//! - `bench overload`: what a refusal costs, under 10x overload of a 10/s endpoint and
+//!   in a storm of refusals, and whether refusals slow the calls beside them.
 //! - `bench forwarder` (hidden): the stack's floor that `perf` starts as a process of its
 //!   own, a bare tonic + reqwest forwarder of the same calls.
 //!
@@ -22,6 +24,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod forwarder;
 #[path = "bench/load.rs"]
 mod load;
+#[path = "bench/overload.rs"]
+mod overload;
 #[path = "bench/perf.rs"]
 mod perf;
 #[path = "bench/procs.rs"]
@@ -71,6 +75,17 @@ enum Mode {
         #[command(flatten)]
         args: quota::QuotaArgs,
     },
+    /// What a refusal costs under 10x overload of a 10/s endpoint (and in a storm).
+    Overload {
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON document to this file.
+        #[arg(long, value_name = "FILE")]
+        json_out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        args: overload::OverloadArgs,
+    },
     /// The stack's floor that `perf` starts as a process of its own (see forwarder.rs).
     #[command(hide = true)]
     Forwarder {
@@ -117,11 +132,22 @@ fn main() -> ExitCode {
             json_out,
             args,
         } => (*json, json_out.clone(), 2.0 * args.duration + 120.0),
+        Mode::Overload {
+            json,
+            json_out,
+            args,
+        } => (
+            *json,
+            json_out.clone(),
+            // Three phases, each followed by its deadline and a second of quiet.
+            3.0 * (args.duration + args.deadline_ms as f64 / 1000.0 + 1.0) + 60.0,
+        ),
     };
     let work = async {
         match &cli.mode {
             Mode::Perf { args, .. } => perf::run(args).await,
             Mode::Quota { args, .. } => quota::run(args).await,
+            Mode::Overload { args, .. } => overload::run(args).await,
             Mode::Forwarder { .. } => Err("the forwarder is not a measurement".into()),
         }
     };
@@ -153,6 +179,7 @@ fn main() -> ExitCode {
         match &cli.mode {
             Mode::Perf { .. } => report::perf(&doc),
             Mode::Quota { .. } => report::quota(&doc),
+            Mode::Overload { .. } => report::overload(&doc),
             Mode::Forwarder { .. } => {}
         }
     }

@@ -274,17 +274,22 @@ pub struct Run {
     pub seconds: f64,
     /// Latencies of successful calls, in µs, sorted.
     pub latencies_us: Vec<u32>,
+    /// Latencies of the gateway's own refusals (QUOTA_EXHAUSTED), in µs, sorted.
+    pub refused_us: Vec<u32>,
 }
 
 impl Run {
     fn note(&mut self, outcome: Outcome, took: Duration) {
+        let us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
         match outcome {
             Outcome::Ok => {
                 self.ok += 1;
-                let us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
                 self.latencies_us.push(us);
             }
-            Outcome::QuotaRefused => self.quota_refused += 1,
+            Outcome::QuotaRefused => {
+                self.quota_refused += 1;
+                self.refused_us.push(us);
+            }
             Outcome::FeishuLimited => self.feishu_limited += 1,
             Outcome::Late => self.late += 1,
             Outcome::Failed => self.failed += 1,
@@ -300,10 +305,12 @@ impl Run {
         self.late += other.late;
         self.failed += other.failed;
         self.latencies_us.extend(other.latencies_us);
+        self.refused_us.extend(other.refused_us);
     }
 
     pub fn finish(&mut self) {
         self.latencies_us.sort_unstable();
+        self.refused_us.sort_unstable();
     }
 
     pub fn calls(&self) -> u64 {
@@ -316,17 +323,38 @@ impl Run {
 
     /// The q-quantile (0..=1) of successful latencies, in µs (nearest rank).
     pub fn quantile_us(&self, q: f64) -> u32 {
-        let n = self.latencies_us.len();
-        if n == 0 {
-            return 0;
-        }
-        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-        self.latencies_us[rank - 1]
+        quantile(&self.latencies_us, q)
     }
+
+    /// The q-quantile (0..=1) of refusals' latencies, in µs (nearest rank).
+    pub fn refused_quantile_us(&self, q: f64) -> u32 {
+        quantile(&self.refused_us, q)
+    }
+}
+
+/// The q-quantile (0..=1) of sorted values (nearest rank); 0 for none.
+fn quantile(sorted: &[u32], q: f64) -> u32 {
+    let n = sorted.len();
+    if n == 0 {
+        return 0;
+    }
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+    sorted[rank - 1]
 }
 
 /// `concurrency` callers, each calling again as soon as its answer arrives, for `run`.
 pub async fn closed_loop(client: &Client, op: Op, concurrency: usize, run: Duration) -> Run {
+    closed_loop_with(client, op, concurrency, run, None).await
+}
+
+/// [`closed_loop`] with `deadline` on every call (`grpc-timeout`).
+pub async fn closed_loop_with(
+    client: &Client,
+    op: Op,
+    concurrency: usize,
+    run: Duration,
+    deadline: Option<Duration>,
+) -> Run {
     let started = Instant::now();
     let end = started + run;
     let mut tasks = Vec::with_capacity(concurrency);
@@ -336,7 +364,7 @@ pub async fn closed_loop(client: &Client, op: Op, concurrency: usize, run: Durat
             let mut mine = Run::default();
             while Instant::now() < end {
                 let t0 = Instant::now();
-                let outcome = client.call(op, caller, None).await;
+                let outcome = client.call(op, caller, deadline).await;
                 mine.note(outcome, t0.elapsed());
             }
             mine
@@ -349,7 +377,7 @@ pub async fn closed_loop(client: &Client, op: Op, concurrency: usize, run: Durat
         }
     }
     total.seconds = started.elapsed().as_secs_f64();
-    total.latencies_us.sort_unstable();
+    total.finish();
     total
 }
 
@@ -395,7 +423,7 @@ pub async fn open_loop(
     }
     let mut total = std::mem::take(&mut *lock(&shared));
     total.seconds = started.elapsed().as_secs_f64();
-    total.latencies_us.sort_unstable();
+    total.finish();
     total
 }
 

@@ -239,6 +239,71 @@ pub fn quota(doc: &Value) {
     println!("\nall quota targets met: {}", s(&doc["all_targets_met"]));
 }
 
+pub fn overload(doc: &Value) {
+    print_machine(doc);
+    let st = &doc["settings"];
+    println!(
+        "settings: {} s per phase, cancel {} offered at {}x in `overload`, {} callers in `storm`, deadline {} ms, probe withdraw {}/s, RUST_LOG={}\n  {}",
+        s(&st["duration_s"]),
+        s(&st["cancel_limit"]),
+        s(&st["overload"]),
+        s(&st["storm_callers"]),
+        s(&st["deadline_ms"]),
+        s(&st["probe_per_sec"]),
+        s(&st["rust_log"]),
+        s(&st["cost_rule"]),
+    );
+    println!(
+        "admitted CancelOnboard call (quiet phase): {} µs of gateway CPU; the probe phase spent {} ms\n",
+        s(&doc["admitted_cpu_us_per_call"]),
+        s(&doc["probe_phase_cpu_ms"])
+    );
+    println!(
+        "  {:<9} {:>8} {:>6} {:>8} {:>5} {:>5} {:>12} {:>12} {:>14} {:>12} {:>10}",
+        "phase",
+        "offered",
+        "ok",
+        "refused",
+        "late",
+        "fail",
+        "ok p50/p99ms",
+        "refusal p50/p99µs",
+        "probe p50/p99µs",
+        "CPU µs/call",
+        "µs/refusal"
+    );
+    for p in doc["phases"].as_array().into_iter().flatten() {
+        let c = &p["cancel"];
+        let probe = &p["probe_withdraw"]["latency"];
+        println!(
+            "  {:<9} {:>8} {:>6} {:>8} {:>5} {:>5} {:>12} {:>17} {:>15} {:>12} {:>10}",
+            s(&p["phase"]),
+            s(&c["offered"]),
+            s(&c["ok"]),
+            s(&c["quota_refused"]),
+            s(&c["late"]),
+            s(&c["failed"]),
+            format!(
+                "{:.1}/{:.1}",
+                c["ok_latency"]["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
+                c["ok_latency"]["p99_us"].as_f64().unwrap_or(0.0) / 1000.0
+            ),
+            format!(
+                "{}/{}",
+                s(&c["refusal_latency"]["p50_us"]),
+                s(&c["refusal_latency"]["p99_us"])
+            ),
+            format!("{}/{}", s(&probe["p50_us"]), s(&probe["p99_us"])),
+            s(&p["cpu_us_per_call"]),
+            s(&p["cpu_us_per_refusal"]),
+        );
+    }
+    println!(
+        "\nunexpected failures (not OK and not QUOTA_EXHAUSTED): {}",
+        s(&doc["unexpected_failures"])
+    );
+}
+
 fn mark(v: &Value) -> &'static str {
     if v.as_bool() == Some(true) {
         "MET"
