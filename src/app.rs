@@ -77,6 +77,7 @@ pub async fn start(
         http2_prior_knowledge: settings.feishu.http2_prior_knowledge,
         extra_roots_pem,
         max_response_bytes: settings.feishu.max_response_bytes,
+        max_connections: settings.feishu.max_connections,
     })?;
     let default_app: Arc<str> = Arc::from(DEFAULT_APP);
     let max_wait = Duration::from_millis(settings.gateway.max_quota_wait_ms);

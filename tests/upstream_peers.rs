@@ -35,12 +35,21 @@ use tonic_types::StatusExt;
 const CALL_BOUND: Duration = Duration::from_secs(5);
 
 async fn gateway(peer: SocketAddr, h2: bool) -> (Running, PreHireServiceClient<Channel>) {
+    gateway_with(peer, h2, |_| {}).await
+}
+
+async fn gateway_with(
+    peer: SocketAddr,
+    h2: bool,
+    tweak: impl FnOnce(&mut Settings),
+) -> (Running, PreHireServiceClient<Channel>) {
     let mut settings = Settings::default();
     settings.gateway.listen = common::LOOPBACK;
     settings.gateway.admin_listen = common::LOOPBACK;
     settings.feishu.base_url = format!("http://{peer}");
     settings.feishu.http2_prior_knowledge = h2;
     settings.feishu.request_timeout_ms = 3_000;
+    tweak(&mut settings);
     let gw = app::start(
         &settings,
         vec![(
@@ -220,6 +229,8 @@ enum AfterToken {
 enum H1Reply {
     Answer,
     HangUp,
+    /// Answers after this long.
+    Slow(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -242,6 +253,12 @@ struct H1Shared {
     connections: usize,
     /// Connections the client closed after the peer hung up.
     closed_by_client: Vec<usize>,
+    /// Connections open now, and the most at once.
+    open: usize,
+    most_open: usize,
+    /// Business requests read and not yet answered, and the most at once.
+    in_flight: usize,
+    most_in_flight: usize,
 }
 
 /// An HTTP/1.1 peer on a raw socket: Content-Length bodies, keep-alive.
@@ -268,11 +285,14 @@ impl H1Peer {
                 let conn = {
                     let mut s = state.lock().unwrap();
                     s.connections += 1;
+                    s.open += 1;
+                    s.most_open = s.most_open.max(s.open);
                     s.connections - 1
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let _ = serve_h1(conn, sock, after_token, state).await;
+                    let _ = serve_h1(conn, sock, after_token, state.clone()).await;
+                    state.lock().unwrap().open -= 1;
                 });
             }
         });
@@ -357,8 +377,17 @@ async fn serve_h1(
         } else {
             raw_h2::WITHDRAW_OK
         };
+        if let H1Reply::Slow(wait) = reply {
+            {
+                let mut s = shared.lock().unwrap();
+                s.in_flight += 1;
+                s.most_in_flight = s.most_in_flight.max(s.in_flight);
+            }
+            tokio::time::sleep(wait).await;
+            shared.lock().unwrap().in_flight -= 1;
+        }
         match reply {
-            H1Reply::Answer => {
+            H1Reply::Answer | H1Reply::Slow(_) => {
                 let mut out = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: keep-alive\r\n\r\n",
                     answer.len()
@@ -419,4 +448,70 @@ async fn h1_stale_pooled_connection_is_replaced_and_the_call_succeeds() {
     assert_eq!(business.len(), 1, "{business:?}");
     assert_eq!(business[0].conn, 1, "not on the closed connection");
     assert_eq!(peer.shared.lock().unwrap().connections, 2);
+}
+
+// ------------------------------------------------------- connection turns
+
+/// `FEISHU_MAX_CONNECTIONS` bounds the exchanges in flight, and so the
+/// connections: callers beyond it wait for a turn (none is refused), and the
+/// pool reuses the connections it has instead of opening one per caller.
+#[tokio::test]
+async fn h1_calls_beyond_max_connections_wait_for_a_turn() {
+    let slow = H1Reply::Slow(Duration::from_millis(150));
+    let peer = H1Peer::start(AfterToken::KeepAlive, vec![slow; 12]).await;
+    let (_gw, client) = gateway_with(peer.addr, false, |s| s.feishu.max_connections = 2).await;
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let mut client = client.clone();
+        calls.spawn(async move { withdraw(&mut client).await });
+    }
+    while let Some(answer) = calls.join_next().await {
+        let answer = answer.expect("the call's task");
+        assert!(answer.expect("every caller is served in turn").success);
+    }
+    let s = peer.shared.lock().unwrap();
+    assert_eq!(s.seen.iter().filter(|r| !r.is_token()).count(), 12);
+    assert_eq!(s.most_in_flight, 2, "two exchanges at once, never more");
+    assert!(s.most_open <= 2, "{} connections at once", s.most_open);
+}
+
+/// A call whose deadline passes while it waits for a turn was never sent:
+/// the caller is told so, and Feishu sees nothing of it.
+#[tokio::test]
+async fn h1_deadline_while_waiting_for_a_turn_sends_nothing() {
+    let peer = H1Peer::start(
+        AfterToken::KeepAlive,
+        vec![H1Reply::Slow(Duration::from_millis(1_500))],
+    )
+    .await;
+    let (_gw, client) = gateway_with(peer.addr, false, |s| s.feishu.max_connections = 1).await;
+
+    let mut first = client.clone();
+    let first = tokio::spawn(async move { withdraw(&mut first).await });
+    eventually("the first call holds the one turn", || {
+        peer.shared.lock().unwrap().in_flight == 1
+    })
+    .await;
+    let mut second = client.clone();
+    let mut request = Request::new(WithdrawOnboardingRequest {
+        pre_hire_id: demo::PRE_HIRE_READY.into(),
+        withdraw_reason: "reason".into(),
+    });
+    request.set_timeout(Duration::from_millis(600));
+    let status = tokio::time::timeout(CALL_BOUND, second.withdraw_onboarding(request))
+        .await
+        .expect("the call answers in time")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        first
+            .await
+            .expect("the first call")
+            .expect("its answer")
+            .success,
+        "the call on the wire is unaffected"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(peer.business().len(), 1, "the waiting call was never sent");
 }

@@ -245,6 +245,13 @@ impl Gateway {
             self.limiter
                 .acquire(&quota_key, caller, endpoint, ctx.deadline, need)
                 .await?;
+            // A turn on a connection, before anything counts as sent.
+            let Some(turn) = self.upstream.turn(ctx.deadline).await else {
+                return Err(Error::DeadlineExceeded {
+                    stage: "waiting for a connection to Feishu",
+                    endpoint: endpoint.name,
+                });
+            };
             // Draining: no send whose answer could not be back by the drain's deadline.
             if !self.drain.leaves(need) {
                 return Err(drained(endpoint.name));
@@ -254,7 +261,9 @@ impl Gateway {
                     endpoint: endpoint.name,
                 });
             }
+            // For traces only (see `telemetry::EXCHANGE_TARGET`).
             let span = tracing::info_span!(
+                target: crate::telemetry::EXCHANGE_TARGET,
                 "upstream",
                 otel.name = endpoint.name,
                 otel.kind = "client",
@@ -280,6 +289,7 @@ impl Gateway {
                 .instrument(span.clone())
                 .await;
             let took = sent_at.elapsed();
+            drop(turn);
             if let Err(fault) = &sent {
                 self.metrics
                     .upstream(endpoint.name, fault.kind.label().into(), took);

@@ -178,13 +178,15 @@ impl Services {
                 tenant: ctx.tenant.as_deref(),
                 key,
             };
-            let claim = idempotent::claim(
+            // Boxed: only calls with a key wait on the store, and inline
+            // its future would grow every call's state (see `handle`).
+            let claim = Box::pin(idempotent::claim(
                 &self.idempotency,
                 &scope,
                 &message.encode_to_vec(),
                 self.lease_for,
                 locale,
-            )
+            ))
             .instrument(span.clone())
             .await;
             match claim {
@@ -245,7 +247,11 @@ impl Services {
                             log_id: answer.log_id.clone(),
                         };
                         if let Some(lease) = lease {
-                            idempotent::finish(lease, idempotent::Settle::Record(outcome)).await;
+                            Box::pin(idempotent::finish(
+                                lease,
+                                idempotent::Settle::Record(outcome),
+                            ))
+                            .await;
                         }
                     }
                     record.finish(Code::Ok, "", answer.log_id.as_deref());
@@ -268,7 +274,11 @@ impl Services {
                             status = idempotent::note_earlier_attempt(status, &record.subject);
                         }
                         if let Some(lease) = held.take() {
-                            idempotent::finish(lease, idempotent::settle_error(&e, &status)).await;
+                            Box::pin(idempotent::finish(
+                                lease,
+                                idempotent::settle_error(&e, &status),
+                            ))
+                            .await;
                         }
                     }
                     // The reason from the error itself, not decoded from the

@@ -68,20 +68,16 @@ pub async fn serve(
     drain: Drain,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha();
-    let (reflection_v1, reflection_v1alpha) = (
-        reflection_v1?.max_decoding_message_size(SMALL_REQUEST_BYTES),
-        reflection_v1alpha?.max_decoding_message_size(SMALL_REQUEST_BYTES),
-    );
+    let reflection_v1 = Lazy::new(|| {
+        reflection()
+            .build_v1()
+            .map(|s| s.max_decoding_message_size(SMALL_REQUEST_BYTES))
+    });
+    let reflection_v1alpha = Lazy::new(|| {
+        reflection()
+            .build_v1alpha()
+            .map(|s| s.max_decoding_message_size(SMALL_REQUEST_BYTES))
+    });
     let health = HealthServer::new(DrainingHealth {
         inner: HealthService::from_health_reporter(reporter.clone()),
         drain,
@@ -129,6 +125,84 @@ fn with_routed(
         router = router.route_service(&format!("/{name}/{{*rest}}"), dynamic.clone());
     }
     tonic::service::Routes::from(router)
+}
+
+/// Reflection of every proto the gateway serves, with the google.rpc
+/// error-detail types (so grpcurl prints details by name) and health.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// A service built on its first request. Reflection decodes the
+/// descriptors of all 335 routes' protos and keeps them, once for v1 and
+/// once for v1alpha: built at start-up that was most of the idle heap of
+/// every replica, and start-up time, for what only grpcurl-style callers
+/// ask for. A build that fails (the embedded descriptors are the build's
+/// own, so only a defective build can) answers INTERNAL.
+struct Lazy<S> {
+    cell: std::sync::Arc<std::sync::OnceLock<Result<S, String>>>,
+    build: fn() -> Result<S, tonic_reflection::server::Error>,
+}
+
+impl<S> Lazy<S> {
+    fn new(build: fn() -> Result<S, tonic_reflection::server::Error>) -> Self {
+        Self {
+            cell: std::sync::Arc::default(),
+            build,
+        }
+    }
+}
+
+impl<S> Clone for Lazy<S> {
+    fn clone(&self) -> Self {
+        Self {
+            cell: self.cell.clone(),
+            build: self.build,
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Lazy<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Lazy<S>
+where
+    S: tower::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The generated reflection servers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let build = self.build;
+        match self.cell.get_or_init(|| build().map_err(|e| e.to_string())) {
+            Ok(service) => {
+                let mut service = service.clone();
+                Box::pin(service.call(req))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reflection could not be built");
+                let status = Status::internal("reflection is not available on this build");
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
 }
 
 /// Accepts connections within the caps and hands them to tonic, after the

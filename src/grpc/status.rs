@@ -313,20 +313,25 @@ fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
 
 fn throttled(t: &Throttled, locale: Locale) -> Status {
     let reason = t.reason();
+    // Short: the message travels three times in every refusal (grpc-message,
+    // the Status in grpc-status-details-bin, LocalizedMessage), and under
+    // overload refusals are most answers; hpack's Huffman coding of these
+    // trailers was the largest single cost of a refusal.
+    let retry_ms = t.retry_after.as_micros().div_ceil(1000);
     let en = if t.queue_full {
         format!(
-            "too many calls are already waiting for the {} quota of {}; nothing was sent; retry in {:?}",
-            t.window, t.endpoint, t.retry_after
+            "too many calls wait for {}'s {} quota; nothing was sent; retry in {retry_ms} ms",
+            t.endpoint, t.window
         )
     } else {
         format!(
-            "the {} quota of {} has no slot from which Feishu's answer can come back before the call's deadline; nothing was sent; retry in {:?}",
-            t.window, t.endpoint, t.retry_after
+            "no slot of {}'s {} quota leaves time for Feishu's answer before the deadline; nothing was sent; retry in {retry_ms} ms",
+            t.endpoint, t.window
         )
     };
     let zh = format!(
-        "接口 {} 的频率配额（{}）在调用截止前没有空位，请求未发送，请在 {:?} 后重试。",
-        t.endpoint, t.window, t.retry_after
+        "接口 {} 的频率配额（{}）在调用截止前没有空位，请求未发送，请在 {retry_ms} 毫秒后重试。",
+        t.endpoint, t.window
     );
     let mut d = own(
         reason,

@@ -69,6 +69,8 @@ pub struct Upstream {
     max_response_bytes: usize,
     /// Per endpoint: how long an exchange takes (see [`Upstream::estimate`]).
     latency: Arc<Mutex<HashMap<&'static str, Estimator>>>,
+    /// Turns to use a connection: at most this many exchanges at once.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// How the client reaches Feishu, from `[feishu]` settings.
@@ -86,6 +88,13 @@ pub struct UpstreamOptions {
     /// Largest answer body read. The body is read as it arrives and dropped
     /// at this bound, so a huge answer costs this much memory, never its size.
     pub max_response_bytes: usize,
+    /// Exchanges in flight at once (see [`Upstream::turn`]).
+    pub max_connections: usize,
+}
+
+/// A call's turn to use a connection to Feishu, held until its exchange ends.
+pub struct Turn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Upstream {
@@ -148,7 +157,8 @@ impl Upstream {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256);
+            // Every connection the turns allow may stay for the next call.
+            .pool_max_idle_per_host(opts.max_connections);
         if base.scheme() == "http" && opts.http2_prior_knowledge {
             builder.http2_only(true);
         }
@@ -162,7 +172,26 @@ impl Upstream {
             timeout: opts.timeout,
             max_response_bytes: opts.max_response_bytes,
             latency: Arc::default(),
+            turns: Arc::new(tokio::sync::Semaphore::new(
+                opts.max_connections
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         })
+    }
+
+    /// Waits for a turn to send (`FEISHU_MAX_CONNECTIONS` exchanges at once),
+    /// until `deadline`; `None` when it passed first. Taken before the call
+    /// counts as sent, so a caller that gives up while waiting sends nothing.
+    pub async fn turn(&self, deadline: Option<Instant>) -> Option<Turn> {
+        let turns = self.turns.clone();
+        let permit = match deadline {
+            None => turns.acquire_owned().await.ok(),
+            Some(d) => tokio::time::timeout_at(d, turns.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        permit.map(|p| Turn { _permit: p })
     }
 
     /// The time an exchange with `endpoint` needs, as a bound (mean plus
