@@ -6,6 +6,7 @@
 
 use std::{
     convert::Infallible,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -92,7 +93,7 @@ impl Decoder for DynamicDecoder {
 
 /// One call of one route.
 struct Call {
-    services: Services,
+    services: Arc<Services>,
     route: &'static Route,
 }
 
@@ -109,14 +110,15 @@ impl UnaryService<DynamicMessage> for Call {
 /// Every routed RPC, as one tower service (mounted under each service name).
 #[derive(Clone)]
 pub struct RouteService {
-    services: Services,
+    services: Arc<Services>,
     max_request_bytes: usize,
 }
 
 impl RouteService {
     pub fn new(services: Services, max_request_bytes: usize) -> Self {
         Self {
-            services,
+            // Shared: a call clones one Arc, not every handle inside.
+            services: Arc::new(services),
             max_request_bytes,
         }
     }

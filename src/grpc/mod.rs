@@ -42,7 +42,8 @@ pub struct CallerIdentity(pub Arc<str>);
 /// Serves every route over one gateway (see [`dynamic`] for the tonic side).
 #[derive(Clone)]
 pub struct Services {
-    gateway: Gateway,
+    /// Shared with every call's task: one Arc to clone, not each handle inside.
+    gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
     /// Every call's task, so that draining waits for writes whose callers left.
     calls: tokio_util::task::TaskTracker,
@@ -65,7 +66,7 @@ impl Services {
         audit: Trail,
     ) -> Self {
         Self {
-            gateway,
+            gateway: Arc::new(gateway),
             metrics,
             calls,
             idempotency,
