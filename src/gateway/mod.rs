@@ -245,8 +245,13 @@ impl Gateway {
             self.limiter
                 .acquire(&quota_key, caller, endpoint, ctx.deadline, need)
                 .await?;
-            // A turn on a connection, before anything counts as sent.
-            let Some(turn) = self.upstream.turn(ctx.deadline).await else {
+            // A turn on a connection, before anything counts as sent, waited
+            // for only while the answer could still come back in time: the
+            // slot left `need` before the deadline, and so must the turn.
+            let turn_by = ctx
+                .deadline
+                .map(|d| d.checked_sub(need).unwrap_or_else(Instant::now));
+            let Some(turn) = self.upstream.turn(turn_by).await else {
                 return Err(Error::DeadlineExceeded {
                     stage: "waiting for a connection to Feishu",
                     endpoint: endpoint.name,
