@@ -139,8 +139,8 @@ fn main() -> ExitCode {
         } => (
             *json,
             json_out.clone(),
-            // Three phases, each followed by its deadline and a second of quiet.
-            3.0 * (args.duration + args.deadline_ms as f64 / 1000.0 + 1.0) + 60.0,
+            // Four phases, each followed by its deadline and a second of quiet.
+            4.0 * (args.duration + args.deadline_ms as f64 / 1000.0 + 1.0) + 60.0,
         ),
     };
     let work = async {

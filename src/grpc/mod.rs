@@ -248,11 +248,7 @@ impl Services {
                             log_id: answer.log_id.clone(),
                         };
                         if let Some(lease) = lease {
-                            Box::pin(idempotent::finish(
-                                lease,
-                                idempotent::Settle::Record(outcome),
-                            ))
-                            .await;
+                            idempotent::finish(lease, idempotent::Settle::Record(outcome)).await;
                         }
                     }
                     record.finish(Code::Ok, "", answer.log_id.as_deref());
@@ -275,11 +271,7 @@ impl Services {
                             status = idempotent::note_earlier_attempt(status, &record.subject);
                         }
                         if let Some(lease) = held.take() {
-                            Box::pin(idempotent::finish(
-                                lease,
-                                idempotent::settle_error(&e, &status),
-                            ))
-                            .await;
+                            idempotent::finish(lease, idempotent::settle_error(&e, &status)).await;
                         }
                     }
                     // The reason from the error itself, not decoded from the

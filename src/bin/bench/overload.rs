@@ -1,6 +1,6 @@
 //! Mode `overload`: what a refusal costs. Refusals are the common path of a quota gateway
 //! under overload, so they must be cheaper than forwarding: one gateway (RUST_LOG=info, as
-//! operators run it), Feishu's documented 10/s on CancelOnboard, three phases of the same
+//! operators run it), Feishu's documented 10/s on CancelOnboard, four phases of the same
 //! length, each with a paced WithdrawOnboarding probe beside it (well under its 100/min):
 //!
 //! - `probe`: the probe alone. Its CPU (the probe and the gateway's background) is taken
