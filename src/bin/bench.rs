@@ -9,7 +9,8 @@
 //! - `bench overload`: what a refusal costs, under 10x overload of a 10/s endpoint and
 //!   in a storm of refusals, and whether refusals slow the calls beside them.
 //! - `bench forwarder` (hidden): the stack's floor that `perf` starts as a process of its
-//!   own, a bare tonic + reqwest forwarder of the same calls.
+//!   own, a bare tonic + hyper-util forwarder of the same calls; it also reads the
+//!   harness's environment, so that `../shared/perf/run` can measure it (README).
 //!
 //! `--json` prints one JSON document; otherwise tables. Every phase is bounded in time and
 //! every process is killed when the bench ends (or fails).
@@ -89,9 +90,9 @@ enum Mode {
     /// The stack's floor that `perf` starts as a process of its own (see forwarder.rs).
     #[command(hide = true)]
     Forwarder {
-        #[arg(long)]
+        #[arg(long, env = "GATEWAY_LISTEN")]
         listen: std::net::SocketAddr,
-        #[arg(long)]
+        #[arg(long, env = "FEISHU_BASE_URL")]
         upstream: String,
     },
 }
@@ -101,11 +102,14 @@ fn main() -> ExitCode {
     // One worker per core, set here so that TOKIO_WORKER_THREADS reaches only the
     // processes the bench starts (the gateway honours it).
     let workers = std::thread::available_parallelism().map_or(2, usize::from);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers).enable_all();
+    // The forwarder runs as the gateway's runtime does (src/main.rs).
+    #[cfg(tokio_unstable)]
+    if matches!(cli.mode, Mode::Forwarder { .. }) {
+        builder.disable_lifo_slot();
+    }
+    let runtime = builder.build().expect("a tokio runtime");
     let (json, json_out, budget) = match &cli.mode {
         Mode::Forwarder { listen, upstream } => {
             return match runtime.block_on(forwarder::run(*listen, upstream)) {

@@ -1,14 +1,19 @@
-//! Mode `forwarder` (started by `perf`, not meant to be run by hand): the least a
-//! gRPC-to-Feishu forwarder built on the gateway's own stack can do. A tonic server
-//! whose two handlers encode the request as JSON, POST it with reqwest (HTTP/2 to the
-//! loopback sandbox, like the gateway) with a token fetched once, and decode `data`.
-//! No validation, limiter, token manager, metrics, traces or audit trail.
+//! Mode `forwarder`: the least a gRPC-to-Feishu forwarder built on the gateway's own
+//! stack can do, in its fairest form. A tonic server (compiled prost messages, the
+//! gateway's runtime settings) whose two handlers encode the request as JSON, POST it
+//! with hyper-util's pooled HTTP/1.1 client (the gateway's upstream client) with a
+//! token fetched once at start, and decode `data`. No validation, limiter, token
+//! manager, dynamic messages, metrics, traces, logs or audit trail.
 //!
-//! Its CPU per call is the floor of the stack (tonic, h2, hyper, reqwest, the kernel):
-//! what any gateway made of these crates pays before doing anything of its own.
+//! Its CPU per call is the floor of the stack (tonic, h2, hyper, the kernel): what any
+//! gateway made of these crates pays before doing anything of its own. `perf` starts
+//! it as a process of its own; it also reads the harness's environment
+//! (`GATEWAY_LISTEN`, `FEISHU_BASE_URL`), so that `../shared/perf/run` can measure it
+//! beside the gateway and the peer in one run (README, Benchmarks).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
+use bytes::Bytes;
 use feishu_gateway::pb::feishu::{
     corehr::v2::{
         pre_hire_service_server::{PreHireService, PreHireServiceServer},
@@ -20,8 +25,13 @@ use feishu_gateway::pb::feishu::{
         CancelOnboardRequest, CancelOnboardResponse,
     },
 };
-use http::HeaderValue;
-use serde::{de::DeserializeOwned, Deserialize};
+use http::{header, HeaderValue, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioTimer},
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::load::Rest;
@@ -29,8 +39,8 @@ use crate::procs::BoxError;
 
 #[derive(Clone)]
 struct Forwarder {
-    http: reqwest::Client,
-    base: reqwest::Url,
+    http: Client<HttpConnector, Full<Bytes>>,
+    origin: Arc<str>,
     auth: HeaderValue,
 }
 
@@ -48,30 +58,46 @@ struct Envelope<T> {
     data: Option<T>,
 }
 
+#[derive(Serialize)]
+struct WithdrawBody<'a> {
+    pre_hire_id: &'a str,
+    withdraw_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct CancelBody<'a> {
+    termination_type: i32,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    termination_reason_id_list: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    termination_reason_notes: Option<&'a str>,
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
 impl Forwarder {
     async fn post<T: DeserializeOwned + Default>(
         &self,
         path: &str,
-        body: serde_json::Value,
+        body: Vec<u8>,
     ) -> Result<T, Status> {
-        let body = serde_json::to_vec(&body).map_err(|e| Status::internal(e.to_string()))?;
-        let mut url = self.base.clone();
-        url.set_path(path);
+        let uri = Uri::try_from(format!("{}{path}", self.origin))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let request = http::Request::post(uri)
+            .header(header::AUTHORIZATION, self.auth.clone())
+            .header(header::CONTENT_TYPE, JSON)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Status::internal(e.to_string()))?;
         let answer = self
             .http
-            .post(url)
-            .header(http::header::AUTHORIZATION, self.auth.clone())
-            .header(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            )
-            .body(body)
-            .send()
+            .request(request)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
-            .bytes()
+            .into_body()
+            .collect()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .to_bytes();
         let envelope: Envelope<T> =
             serde_json::from_slice(&answer).map_err(|e| Status::internal(e.to_string()))?;
         if envelope.code != 0 {
@@ -84,6 +110,10 @@ impl Forwarder {
     }
 }
 
+fn json(value: &impl Serialize) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))
+}
+
 #[tonic::async_trait]
 impl PreHireService for Forwarder {
     async fn withdraw_onboarding(
@@ -91,7 +121,10 @@ impl PreHireService for Forwarder {
         request: Request<WithdrawOnboardingRequest>,
     ) -> Result<Response<WithdrawOnboardingResponse>, Status> {
         let req = request.into_inner();
-        let body = serde_json::json!({"pre_hire_id": req.pre_hire_id, "withdraw_reason": req.withdraw_reason});
+        let body = json(&WithdrawBody {
+            pre_hire_id: &req.pre_hire_id,
+            withdraw_reason: &req.withdraw_reason,
+        })?;
         let data: Success = self
             .post("/open-apis/corehr/v2/pre_hires/withdraw_onboarding", body)
             .await?;
@@ -119,37 +152,42 @@ impl ApplicationService for Forwarder {
             "/open-apis/hire/v1/applications/{}/cancel_onboard",
             req.application_id
         );
-        let body = serde_json::json!({
-            "termination_type": req.termination_type,
-            "termination_reason_id_list": req.termination_reason_id_list,
-            "termination_reason_notes": req.termination_reason_notes,
-        });
+        let body = json(&CancelBody {
+            termination_type: req.termination_type,
+            termination_reason_id_list: &req.termination_reason_id_list,
+            termination_reason_notes: req.termination_reason_notes.as_deref(),
+        })?;
         let _: serde_json::Value = self.post(&path, body).await?;
         Ok(Response::new(CancelOnboardResponse {}))
     }
 }
 
-/// Serves until killed (the `perf` process owns it).
+/// Serves until killed (by `perf`, or the harness).
 pub async fn run(listen: SocketAddr, upstream: &str) -> Result<(), BoxError> {
     let rest = Rest::connect(upstream).await?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    let http = Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(tcp);
     let forwarder = Forwarder {
         http,
-        base: reqwest::Url::parse(upstream)?,
+        origin: upstream.trim_end_matches('/').into(),
         auth: rest.bearer(),
     };
     let (health, service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // The harness builds its request from reflection, as it does against the gateway.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(feishu_gateway::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
     let incoming = tonic::transport::server::TcpIncoming::bind(listen)?.with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(reflection)
         .add_service(PreHireServiceServer::new(forwarder.clone()))
         .add_service(ApplicationServiceServer::new(forwarder))
         .serve_with_incoming(incoming)

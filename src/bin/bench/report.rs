@@ -94,7 +94,7 @@ pub fn perf(doc: &Value) {
         let v = &doc["saturation"]["stack_floor_forwarder"][op];
         load_row(&format!("{op} stack floor"), v, &v["cpu_us_per_call"]);
     }
-    println!("  (stack floor: tonic server + reqwest client forwarding the same calls, no gateway logic; CPU = its process)");
+    println!("  (stack floor: tonic server + hyper-util HTTP/1.1 pool forwarding the same calls, no gateway logic; CPU = its process)");
     let h = &doc["half_load"];
     println!(
         "\nopen loop at 50% of the gateway's saturation ({} at {} calls/s)",
