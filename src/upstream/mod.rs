@@ -59,10 +59,11 @@ type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 #[derive(Clone)]
 pub struct Upstream {
     client: Pool,
-    /// Feishu's origin (`scheme://authority`): each call appends its path
-    /// and query and parses only the result's path (no URL parser with
-    /// IDNA per call, as reqwest's had).
-    origin: Arc<str>,
+    /// Feishu's origin, parsed once: each call parses only its path and
+    /// query (no URL parser with IDNA per call, as reqwest's had, and no
+    /// authority parsed again per call).
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
     user_agent: HeaderValue,
     timeout: Duration,
     /// Bytes of an answer body read at most (see [`UpstreamOptions::max_response_bytes`]).
@@ -104,9 +105,12 @@ impl Upstream {
         if base.cannot_be_a_base() || base.path() != "/" || base.query().is_some() {
             return Err(format!("the Feishu base URL must be an origin, got {base_url:?}").into());
         }
-        let origin: Arc<str> = base_url.trim_end_matches('/').into();
-        // The origin must make a URI with any path appended.
-        Uri::try_from(format!("{origin}/"))?;
+        let origin = Uri::try_from(format!("{}/", base_url.trim_end_matches('/')))?;
+        let (Some(scheme), Some(authority)) =
+            (origin.scheme().cloned(), origin.authority().cloned())
+        else {
+            return Err(format!("the Feishu base URL must be an origin, got {base_url:?}").into());
+        };
 
         // TCP as reqwest set it up: no Nagle delay, keepalive probes after
         // 15 s idle (a dead peer is noticed), the connect bound.
@@ -164,7 +168,8 @@ impl Upstream {
         }
         Ok(Self {
             client: builder.build(connector),
-            origin,
+            scheme,
+            authority,
             user_agent: HeaderValue::from_static(concat!(
                 "feishu-gateway/",
                 env!("CARGO_PKG_VERSION")
@@ -237,7 +242,12 @@ impl Upstream {
             _ => (self.timeout, false),
         };
         let fault = |kind, sent, detail| UpstreamFault::new(req.endpoint, kind, sent, detail);
-        let uri = match Uri::try_from(format!("{}{}", self.origin, req.path_and_query)) {
+        let uri = match Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(req.path_and_query)
+            .build()
+        {
             Ok(uri) => uri,
             Err(e) => {
                 return Err(fault(
