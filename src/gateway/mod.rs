@@ -211,11 +211,6 @@ impl Gateway {
                 ),
             });
         }
-        let rendered = route.render(req).ok_or_else(|| Error::Unavailable {
-            reason: Reason::CatalogMismatch,
-            message: format!("the route of {} does not fit its request", endpoint.name),
-        })?;
-        let (path, body) = (rendered.path_and_query, rendered.body);
         let app = match ctx.app.as_deref() {
             None | Some("") => &*self.default_app,
             Some(name) => name,
@@ -229,6 +224,7 @@ impl Gateway {
             endpoint: endpoint.name,
         };
 
+        let mut rendered: Option<route::Rendered> = None;
         let mut token_retried = false;
         let mut attempt = 0;
         loop {
@@ -245,6 +241,16 @@ impl Gateway {
             self.limiter
                 .acquire(&quota_key, caller, endpoint, ctx.deadline, need)
                 .await?;
+            // Rendered once a slot is held: under overload most calls are
+            // refused, and they need no path or body (validation, which
+            // decides what the caller is told about its input, came first).
+            let rendered = match &rendered {
+                Some(r) => r,
+                None => rendered.insert(route.render(req).ok_or_else(|| Error::Unavailable {
+                    reason: Reason::CatalogMismatch,
+                    message: format!("the route of {} does not fit its request", endpoint.name),
+                })?),
+            };
             // A turn on a connection, before anything counts as sent, waited
             // for only while the answer could still come back in time: the
             // slot left `need` before the deadline, and so must the turn.
@@ -285,9 +291,9 @@ impl Gateway {
                 .send(Outgoing {
                     method: endpoint.method,
                     endpoint: endpoint.name,
-                    path_and_query: &path,
+                    path_and_query: &rendered.path_and_query,
                     bearer: Some(token.bearer()),
-                    body: body.clone(),
+                    body: rendered.body.clone(),
                     deadline: ctx.deadline,
                     finish_past_deadline: endpoint.write,
                 })

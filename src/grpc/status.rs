@@ -4,7 +4,11 @@
 //! language, and whichever of `Help`, `RequestInfo`, `RetryInfo`,
 //! `QuotaFailure`, `BadRequest` and `PreconditionFailure` apply.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{hash_map::RandomState, HashMap},
+    sync::LazyLock,
+    time::Duration,
+};
 
 use tonic::{metadata::MetadataMap, Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation as PbFieldViolation, QuotaViolation, StatusExt};
@@ -141,11 +145,11 @@ fn feishu(f: &FeishuError, locale: Locale) -> Status {
             f.endpoint
         );
     }
-    let mut metadata = HashMap::from([
-        ("feishuCode".to_owned(), f.code.to_string()),
-        ("feishuMsg".to_owned(), f.msg.clone()),
-        ("httpStatus".to_owned(), f.http_status.to_string()),
-        ("endpoint".to_owned(), f.endpoint.to_owned()),
+    let mut metadata = info_metadata([
+        ("feishuCode", f.code.to_string()),
+        ("feishuMsg", f.msg.clone()),
+        ("httpStatus", f.http_status.to_string()),
+        ("endpoint", f.endpoint.to_owned()),
     ]);
     if let Some(log_id) = &f.log_id {
         metadata.insert("logId".into(), log_id.clone());
@@ -317,7 +321,12 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
     // the Status in grpc-status-details-bin, LocalizedMessage), and under
     // overload refusals are most answers; hpack's Huffman coding of these
     // trailers was the largest single cost of a refusal.
-    let retry_ms = t.retry_after.as_micros().div_ceil(1000);
+    // Rounded up to 10 ms (waiting a little longer is always safe): with
+    // the same delay, refusals in a storm repeat their trailers byte for
+    // byte, and HPACK sends a repeat as an index into the connection's
+    // table instead of Huffman-coding it again (see `info_metadata`).
+    let retry_after = round_up(t.retry_after, RETRY_STEP);
+    let retry_ms = retry_after.as_millis();
     let en = if t.queue_full {
         format!(
             "too many calls wait for {}'s {} quota; nothing was sent; retry in {retry_ms} ms",
@@ -343,7 +352,7 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
         locale,
         (&en, &zh),
     );
-    d.set_retry_info(Some(t.retry_after));
+    d.set_retry_info(Some(retry_after));
     let mut v = QuotaViolation::new(
         t.endpoint,
         format!("Feishu allows {} for this app and tenant", t.window),
@@ -352,6 +361,31 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
     v.quota_id = format!("{}/{}", t.endpoint, t.window);
     d.set_quota_failure(vec![v]);
     build(Code::ResourceExhausted, en, d, None)
+}
+
+/// The granularity of a quota refusal's `RetryInfo`.
+const RETRY_STEP: Duration = Duration::from_millis(10);
+
+/// `d` rounded up to a whole number of `step`s.
+fn round_up(d: Duration, step: Duration) -> Duration {
+    let step_ns = step.as_nanos().max(1);
+    let steps = d.as_nanos().div_ceil(step_ns);
+    u64::try_from(steps * step_ns).map_or(Duration::MAX, Duration::from_nanos)
+}
+
+/// `ErrorInfo.metadata`, every map with the same hasher. A map's order,
+/// and so the encoded `grpc-status-details-bin`, then depends only on its
+/// entries (each `HashMap::new` draws its own keys, and orders the same
+/// entries differently). Identical errors, as refusals under overload are,
+/// then carry identical trailers, which HPACK indexes: a repeat costs a
+/// byte or two on the connection, not 1 KB coded afresh.
+fn info_metadata<'a>(
+    entries: impl IntoIterator<Item = (&'a str, String)>,
+) -> HashMap<String, String> {
+    static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    let mut map = HashMap::with_hasher(HASHER.clone());
+    map.extend(entries.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    map
 }
 
 /// The audit queue is full (its writer is behind, e.g. a stalled log pipe):
@@ -406,14 +440,7 @@ fn own<'a>(
     (en, zh): (&str, &str),
 ) -> ErrorDetails {
     let mut d = ErrorDetails::new();
-    d.set_error_info(
-        reason.as_str(),
-        GATEWAY_DOMAIN,
-        metadata
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect::<HashMap<_, _>>(),
-    );
+    d.set_error_info(reason.as_str(), GATEWAY_DOMAIN, info_metadata(metadata));
     d.set_localized_message(
         locale.tag(),
         if locale == Locale::Chinese { zh } else { en },
@@ -504,5 +531,31 @@ mod tests {
         };
         let s = to_status(&Error::Feishu(Box::new(f)), Locale::English);
         assert_eq!(s.code(), Code::PermissionDenied);
+    }
+
+    /// A storm of refusals answers with the same trailers, byte for byte,
+    /// so that HPACK can send each repeat as an index; the delay is never
+    /// shorter than the limiter's.
+    #[test]
+    fn refusals_a_few_ms_apart_carry_identical_trailers() {
+        let refusal = |ms: u64| {
+            let t = Throttled {
+                endpoint: "hire.v1.applications.cancel_onboard",
+                window: crate::catalog::Window::per_second(10),
+                retry_after: Duration::from_micros(ms),
+                queue_full: false,
+            };
+            to_status(&Error::Throttled(Box::new(t)), Locale::English)
+        };
+        let (a, b) = (refusal(861_300), refusal(865_000));
+        assert_eq!(a.message(), b.message());
+        assert_eq!(a.details(), b.details());
+        assert!(a.message().contains("retry in 870 ms"), "{}", a.message());
+        let delay = a.get_error_details().retry_info().unwrap().retry_delay;
+        assert_eq!(delay, Some(Duration::from_millis(870)));
+        assert_eq!(
+            round_up(Duration::from_millis(20), RETRY_STEP),
+            Duration::from_millis(20)
+        );
     }
 }
