@@ -145,6 +145,21 @@ where
             ));
             return Box::pin(async move { Ok(status.into_http()) });
         };
+        self.serve(route, req)
+    }
+}
+
+impl RouteService {
+    /// One call of `route` (its path already looked up).
+    fn serve<B>(
+        &self,
+        route: &'static Route,
+        req: http::Request<B>,
+    ) -> BoxFuture<http::Response<Body>, Infallible>
+    where
+        B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
         let call = Call {
             services: self.services.clone(),
             route,
@@ -157,5 +172,56 @@ where
             let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max), None);
             Ok(grpc.unary(call, req).await)
         })
+    }
+}
+
+/// Sends a routed RPC straight to [`RouteService`], past tonic's router:
+/// there every call paid for a path match among all the services, a boxed
+/// clone of the matched route (`BoxCloneSyncService`, 1.7 KB a call in
+/// flight) and an adapter future. The router still serves everything
+/// else (health, reflection, unknown methods).
+#[derive(Clone)]
+pub struct Dispatch<S> {
+    routed: RouteService,
+    inner: S,
+}
+
+/// Puts [`Dispatch`] in front of the router (inside the auth layer, so
+/// every call is still authenticated and counted first).
+#[derive(Clone)]
+pub struct DispatchLayer(pub RouteService);
+
+impl<S> tower::Layer<S> for DispatchLayer {
+    type Service = Dispatch<S>;
+
+    fn layer(&self, inner: S) -> Dispatch<S> {
+        Dispatch {
+            routed: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Dispatch<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(route) = route::catalog().by_path(req.uri().path()) {
+            self.routed.serve(route, req)
+        } else {
+            Box::pin(self.inner.call(req))
+        }
     }
 }

@@ -84,7 +84,7 @@ pub async fn serve(
     })
     .max_decoding_message_size(SMALL_REQUEST_BYTES);
     set_health(&reporter, ServingStatus::Serving).await;
-    let max = serving.max_request_bytes;
+    let dynamic = super::dynamic::RouteService::new(services, serving.max_request_bytes);
     // Connections come from the gateway's own accept loop (caps, backoff,
     // TLS, opening and idle timeouts); when tonic stops taking them at
     // shutdown, the loop ends and the listening socket closes.
@@ -100,12 +100,12 @@ pub async fn serve(
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_connection_age(Duration::from_secs(30 * 60))
         .layer(serving.auth)
+        .layer(super::dynamic::DispatchLayer(dynamic.clone()))
         .add_routes(with_routed(
             tonic::service::Routes::new(health)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha),
-            services,
-            max,
+            dynamic,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -114,13 +114,14 @@ pub async fn serve(
 
 /// Mounts every routed service on the one generic service (by name, as
 /// tonic mounts a generated one) beside the named services of `routes`.
+/// Calls of the catalog's methods reach it through [`super::dynamic::Dispatch`]
+/// without this router; the mounts answer the rest of each service's paths
+/// (an unknown method: UNIMPLEMENTED, as for any service).
 fn with_routed(
     routes: tonic::service::Routes,
-    services: Services,
-    max_request_bytes: usize,
+    dynamic: super::dynamic::RouteService,
 ) -> tonic::service::Routes {
     let mut router = routes.into_axum_router();
-    let dynamic = super::dynamic::RouteService::new(services, max_request_bytes);
     for name in route::catalog().services() {
         router = router.route_service(&format!("/{name}/{{*rest}}"), dynamic.clone());
     }
