@@ -316,7 +316,6 @@ fn upstream(u: &UpstreamFault, locale: Locale) -> Status {
 }
 
 fn throttled(t: &Throttled, locale: Locale) -> Status {
-    let reason = t.reason();
     // Short: the message travels three times in every refusal (grpc-message,
     // the Status in grpc-status-details-bin, LocalizedMessage), and under
     // overload refusals are most answers; hpack's Huffman coding of these
@@ -326,6 +325,44 @@ fn throttled(t: &Throttled, locale: Locale) -> Status {
     // byte, and HPACK sends a repeat as an index into the connection's
     // table instead of Huffman-coding it again (see `info_metadata`).
     let retry_after = round_up(t.retry_after, RETRY_STEP);
+    let key = RefusalKey {
+        endpoint: t.endpoint,
+        window: t.window,
+        retry_after,
+        queue_full: t.queue_full,
+        locale,
+    };
+    LAST_REFUSAL.with_borrow_mut(|last| match last {
+        Some((k, status)) if *k == key => status.clone(),
+        _ => {
+            let status = build_throttled(t, retry_after, locale);
+            *last = Some((key, status.clone()));
+            status
+        }
+    })
+}
+
+/// What a quota refusal's status is built from, all of it.
+#[derive(PartialEq)]
+struct RefusalKey {
+    endpoint: &'static str,
+    window: crate::catalog::Window,
+    retry_after: Duration,
+    queue_full: bool,
+    locale: Locale,
+}
+
+thread_local! {
+    /// The last quota refusal built on this thread. Under overload the
+    /// next refusal is most often the same one (same endpoint, same wait
+    /// to 10 ms): a clone then replaces formatting its messages and
+    /// encoding its details again.
+    static LAST_REFUSAL: std::cell::RefCell<Option<(RefusalKey, Status)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn build_throttled(t: &Throttled, retry_after: Duration, locale: Locale) -> Status {
+    let reason = t.reason();
     let retry_ms = retry_after.as_millis();
     let en = if t.queue_full {
         format!(
@@ -538,16 +575,21 @@ mod tests {
     /// shorter than the limiter's.
     #[test]
     fn refusals_a_few_ms_apart_carry_identical_trailers() {
-        let refusal = |ms: u64| {
+        let refusal = |us: u64, locale| {
             let t = Throttled {
                 endpoint: "hire.v1.applications.cancel_onboard",
                 window: crate::catalog::Window::per_second(10),
-                retry_after: Duration::from_micros(ms),
+                retry_after: Duration::from_micros(us),
                 queue_full: false,
             };
-            to_status(&Error::Throttled(Box::new(t)), Locale::English)
+            to_status(&Error::Throttled(Box::new(t)), locale)
         };
-        let (a, b) = (refusal(861_300), refusal(865_000));
+        let a = refusal(861_300, Locale::English);
+        // Another refusal between the two, so that the second is built
+        // afresh, not the thread's last one cloned.
+        let zh = refusal(861_300, Locale::Chinese);
+        assert_ne!(zh.details(), a.details());
+        let b = refusal(865_000, Locale::English);
         assert_eq!(a.message(), b.message());
         assert_eq!(a.details(), b.details());
         assert!(a.message().contains("retry in 870 ms"), "{}", a.message());
