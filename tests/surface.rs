@@ -470,3 +470,38 @@ async fn the_gateway_serves_a_generated_read_and_write_against_the_sandbox() {
     );
     assert_eq!(h.sandbox.count(search), 2);
 }
+
+/// A method the catalog does not have, of a routed service or of none, is
+/// UNIMPLEMENTED: routed calls go past tonic's router (`grpc::dynamic::Dispatch`),
+/// everything else still reaches it. Sent raw, since grpcurl checks names first.
+#[tokio::test]
+async fn unknown_methods_are_unimplemented_beside_routed_ones() {
+    let h = common::start().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.gateway.grpc_addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+    for path in [
+        "/feishu.hire.v1.ApplicationService/Nope",
+        "/no.such.Service/Call",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let status = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
+    assert_eq!(h.sandbox.requests().len(), 0, "nothing reached Feishu");
+}
