@@ -42,10 +42,11 @@ pub struct CallerIdentity(pub Arc<str>);
 /// Serves every route over one gateway (see [`dynamic`] for the tonic side).
 #[derive(Clone)]
 pub struct Services {
-    /// Shared with every call's task: one Arc to clone, not each handle inside.
+    /// Shared with every call: one Arc to clone, not each handle inside.
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
-    /// Every call's task, so that draining waits for writes whose callers left.
+    /// The tasks of writes whose callers left (see `Detachable`), so that
+    /// draining waits for them.
     calls: tokio_util::task::TaskTracker,
     /// First outcomes of `idempotency-key`s.
     idempotency: IdempotencyStore,
@@ -215,98 +216,102 @@ impl Services {
         }
         let gateway = self.gateway.clone();
         let told = record.told.clone();
-        // The call runs in a task of its own, so that a write already on the
-        // wire outlives its caller: it runs to Feishu's answer and the audit
+        // The call runs in the caller's own task (its HTTP/2 stream's), and
+        // moves to a task of its own only when it must outlive the caller: a
+        // write already on the wire runs to Feishu's answer, and the audit
         // record holds the real outcome and log id. Before the write starts,
-        // a caller that goes away cancels it (see `Cancel`).
-        let mut task = self.calls.spawn(async move {
-            let _in_flight = in_flight;
-            let mut result = gateway.call(&ctx, route, &message).instrument(span).await;
-            let mut reconciled = false;
-            if let (Some((_, true)), Err(e)) = (&lease, &result) {
-                if idempotent::reconciles(route.endpoint, e) {
-                    // Feishu says the target state already holds: the
-                    // earlier, unanswered attempt applied.
-                    let log_id = match e {
-                        Error::Feishu(f) => f.log_id.clone(),
-                        _ => None,
-                    };
-                    result = Ok(Answer {
-                        value: DynamicMessage::new(route.output.clone()),
-                        log_id,
-                    });
-                    reconciled = true;
-                    record.idempotent = "reconciled";
-                }
-            }
-            match result {
-                Ok(answer) => {
-                    if let Some((mut held, _)) = lease {
-                        let lease = held.take();
-                        let outcome = Outcome::Ok {
-                            response: answer.value.encode_to_vec().into(),
-                            log_id: answer.log_id.clone(),
+        // a caller that goes away cancels it (see `Detachable`).
+        let mut call = Detachable {
+            call: Some(Box::pin(async move {
+                let _in_flight = in_flight;
+                let mut result = gateway.call(&ctx, route, &message).instrument(span).await;
+                let mut reconciled = false;
+                if let (Some((_, true)), Err(e)) = (&lease, &result) {
+                    if idempotent::reconciles(route.endpoint, e) {
+                        // Feishu says the target state already holds: the
+                        // earlier, unanswered attempt applied.
+                        let log_id = match e {
+                            Error::Feishu(f) => f.log_id.clone(),
+                            _ => None,
                         };
-                        if let Some(lease) = lease {
-                            idempotent::finish(lease, idempotent::Settle::Record(outcome)).await;
-                        }
+                        result = Ok(Answer {
+                            value: DynamicMessage::new(route.output.clone()),
+                            log_id,
+                        });
+                        reconciled = true;
+                        record.idempotent = "reconciled";
                     }
-                    record.finish(Code::Ok, "", answer.log_id.as_deref());
-                    let mut response = Response::new(answer.value);
-                    if let Some(value) = answer.log_id.and_then(|l| l.parse().ok()) {
-                        response.metadata_mut().insert(LOG_ID_HEADER, value);
-                    }
-                    if reconciled {
-                        response.metadata_mut().insert(
-                            idempotent::RECONCILED_HEADER,
-                            tonic::metadata::MetadataValue::from_static("true"),
-                        );
-                    }
-                    Ok(response)
                 }
-                Err(e) => {
-                    let mut status = status::to_status(&e, locale);
-                    if let Some((mut held, after_unknown)) = lease {
-                        if after_unknown && matches!(e, Error::Feishu(_)) {
-                            status = idempotent::note_earlier_attempt(status, &record.subject);
+                match result {
+                    Ok(answer) => {
+                        if let Some((mut held, _)) = lease {
+                            let lease = held.take();
+                            let outcome = Outcome::Ok {
+                                response: answer.value.encode_to_vec().into(),
+                                log_id: answer.log_id.clone(),
+                            };
+                            if let Some(lease) = lease {
+                                idempotent::finish(lease, idempotent::Settle::Record(outcome))
+                                    .await;
+                            }
                         }
-                        if let Some(lease) = held.take() {
-                            idempotent::finish(lease, idempotent::settle_error(&e, &status)).await;
+                        record.finish(Code::Ok, "", answer.log_id.as_deref());
+                        let mut response = Response::new(answer.value);
+                        if let Some(value) = answer.log_id.and_then(|l| l.parse().ok()) {
+                            response.metadata_mut().insert(LOG_ID_HEADER, value);
                         }
+                        if reconciled {
+                            response.metadata_mut().insert(
+                                idempotent::RECONCILED_HEADER,
+                                tonic::metadata::MetadataValue::from_static("true"),
+                            );
+                        }
+                        Ok(response)
                     }
-                    // The reason from the error itself, not decoded from the
-                    // status built from it.
-                    let log_id = match &e {
-                        Error::Feishu(f) => f.log_id.as_deref(),
-                        Error::Upstream(u) => u.log_id.as_deref(),
-                        _ => None,
-                    };
-                    record.finish(status.code(), &e.reason(), log_id);
-                    Err(status)
+                    Err(e) => {
+                        let mut status = status::to_status(&e, locale);
+                        if let Some((mut held, after_unknown)) = lease {
+                            if after_unknown && matches!(e, Error::Feishu(_)) {
+                                status = idempotent::note_earlier_attempt(status, &record.subject);
+                            }
+                            if let Some(lease) = held.take() {
+                                idempotent::finish(lease, idempotent::settle_error(&e, &status))
+                                    .await;
+                            }
+                        }
+                        // The reason from the error itself, not decoded from the
+                        // status built from it.
+                        let log_id = match &e {
+                            Error::Feishu(f) => f.log_id.as_deref(),
+                            Error::Upstream(u) => u.log_id.as_deref(),
+                            _ => None,
+                        };
+                        record.finish(status.code(), &e.reason(), log_id);
+                        Err(status)
+                    }
                 }
-            }
-        });
-        let mut cancel = Cancel {
+            })),
             commit: commit.clone(),
             told: told.clone(),
-            task: Some(task.abort_handle()),
+            calls: self.calls.clone(),
         };
-        let joined = match deadline {
-            None => (&mut task).await,
+        match deadline {
+            None => (&mut call).await,
             Some(deadline) => {
                 tokio::select! {
-                    joined = &mut task => joined,
+                    answer = &mut call => answer,
                     () = tokio::time::sleep_until(deadline) => {
-                        // The caller's deadline is about to come while the task
+                        // The caller's deadline is about to come while the call
                         // still runs. If the write is on the wire, answer now,
-                        // precisely, and leave it to finish; before that the
-                        // task's own stages ended at the planning deadline with
-                        // a better status.
+                        // precisely, and leave it to finish (dropped, `call`
+                        // moves to a task of its own); before that the call's
+                        // own stages end at the planning deadline with a
+                        // better status.
                         if commit.caller_left() {
-                            (&mut task).await
+                            (&mut call).await
                         } else {
                             let _ = told.0.set(Code::DeadlineExceeded);
-                            return Err(status::to_status(
+                            Err(status::to_status(
                                 &Error::Upstream(Box::new(UpstreamFault::new(
                                     route.endpoint.name,
                                     FaultKind::CallerDeadline,
@@ -314,19 +319,12 @@ impl Services {
                                     "the write was sent; its answer did not come before the caller's deadline, and its outcome goes to the audit trail".into(),
                                 ))),
                                 locale,
-                            ));
+                            ))
                         }
                     }
                 }
             }
-        };
-        cancel.task = None;
-        joined.unwrap_or_else(|e| {
-            tracing::error!(method, error = %e, "the call's task failed");
-            Err(Status::internal(
-                "the gateway failed while serving the call",
-            ))
-        })
+        }
     }
 }
 
@@ -356,12 +354,89 @@ impl Drop for HeldLease {
     }
 }
 
-/// Cancels a call whose caller went away (hung up, or tonic's own deadline
-/// fired), unless its write is already on the wire.
-struct Cancel {
+/// One call's future, polled by the caller's own task (no task per call:
+/// a refused or failed call costs no spawn, no second task to schedule and
+/// no join). Only when it must outlive the caller does it move to a task of
+/// its own, tracked by `calls` so that draining waits for it: dropped (the
+/// caller hung up, or its deadline passed) with its write on the wire.
+/// Dropped before the write starts, it is cancelled with nothing sent.
+struct Detachable<F>
+where
+    F: std::future::Future<Output = Result<Response<DynamicMessage>, Status>> + Send + 'static,
+{
+    /// Boxed, so that it can move to a task after being polled here.
+    call: Option<std::pin::Pin<Box<F>>>,
     commit: Commit,
     told: Told,
-    task: Option<tokio::task::AbortHandle>,
+    calls: tokio_util::task::TaskTracker,
+}
+
+impl<F> std::future::Future for Detachable<F>
+where
+    F: std::future::Future<Output = Result<Response<DynamicMessage>, Status>> + Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return std::task::Poll::Ready(Err(Status::internal(
+                "the gateway failed while serving the call",
+            )));
+        };
+        // A panic ends this call with INTERNAL, as it would in a task of
+        // its own, not the caller's whole HTTP/2 stream.
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(cx)));
+        match polled {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(answer)) => {
+                self.call = None;
+                std::task::Poll::Ready(answer)
+            }
+            Err(_) => {
+                self.call = None;
+                tracing::error!("the call panicked");
+                std::task::Poll::Ready(Err(Status::internal(
+                    "the gateway failed while serving the call",
+                )))
+            }
+        }
+    }
+}
+
+impl<F> Drop for Detachable<F>
+where
+    F: std::future::Future<Output = Result<Response<DynamicMessage>, Status>> + Send + 'static,
+{
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let _ = self.told.0.set(Code::Cancelled);
+        if self.commit.caller_left() {
+            // Nothing on the wire: cancelled, with nothing sent.
+            return;
+        }
+        // The write is on the wire: it runs on, to Feishu's answer and its
+        // audit line. The waker it registered was the caller's task's; its
+        // first poll in the new task registers the new one.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.calls.spawn_on(
+                    async move {
+                        let _ = call.await;
+                    },
+                    &runtime,
+                );
+            }
+            Err(_) => tracing::error!(
+                "a write on the wire was dropped outside the runtime; its outcome is unknown"
+            ),
+        }
+    }
 }
 
 /// What the caller was told when it was answered (or went away) before the
@@ -369,17 +444,6 @@ struct Cancel {
 /// Feishu did.
 #[derive(Clone, Default)]
 struct Told(Arc<std::sync::OnceLock<Code>>);
-
-impl Drop for Cancel {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            let _ = self.told.0.set(Code::Cancelled);
-            if self.commit.caller_left() {
-                task.abort();
-            }
-        }
-    }
-}
 
 /// The end of one call: its RPC metrics, its span status and its audit record.
 struct Record {
