@@ -33,12 +33,21 @@ pub struct ConnInfo {
     tcp: TcpConnectInfo,
     peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
     streams: Arc<Streams>,
+    /// `anonymous@{peer}`, how the audit trail and traces name a caller
+    /// when no callers are configured: formatted once per connection, not
+    /// per call.
+    anonymous: Arc<str>,
 }
 
 impl ConnInfo {
     /// Addresses, as tonic's `Request::remote_addr` reads them.
     pub fn tcp(&self) -> &TcpConnectInfo {
         &self.tcp
+    }
+
+    /// The name of this connection's caller when no callers are configured.
+    pub fn anonymous(&self) -> &Arc<str> {
+        &self.anonymous
     }
 
     /// The client's certificate chain, leaf first (TLS with a client CA only).
@@ -143,6 +152,7 @@ impl Conn {
                 open: 0,
                 idle_since: Instant::now(),
             }))),
+            anonymous: Arc::from(format!("anonymous@{peer}")),
         };
         Self {
             io,

@@ -25,6 +25,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::{
     audit::{self, Trail},
     config::DEFAULT_APP,
+    conn::ConnInfo,
     error::{Error, FaultKind, Sent, UpstreamFault},
     gateway::{Answer, Commit, Gateway},
     idempotency::{IdempotencyStore, Lease, Outcome, Scope},
@@ -95,11 +96,14 @@ impl Services {
             .map(|CallerIdentity(name)| name.clone());
         let caller: Arc<str> = match &configured {
             Some(name) => name.clone(),
-            None => Arc::from(
-                request
-                    .remote_addr()
-                    .map_or_else(|| "anonymous".to_owned(), |a| format!("anonymous@{a}")),
-            ),
+            None => match request.extensions().get::<ConnInfo>() {
+                Some(conn) => conn.anonymous().clone(),
+                None => Arc::from(
+                    request
+                        .remote_addr()
+                        .map_or_else(|| "anonymous".to_owned(), |a| format!("anonymous@{a}")),
+                ),
+            },
         };
         let span = tracing::info_span!(
             "rpc",
