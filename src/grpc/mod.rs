@@ -298,6 +298,7 @@ impl Services {
             commit: commit.clone(),
             told: told.clone(),
             calls: self.calls.clone(),
+            method,
         };
         match deadline {
             None => (&mut call).await,
@@ -373,6 +374,8 @@ where
     commit: Commit,
     told: Told,
     calls: tokio_util::task::TaskTracker,
+    /// For the log line of a call that panicked.
+    method: &'static str,
 }
 
 impl<F> std::future::Future for Detachable<F>
@@ -402,7 +405,7 @@ where
             }
             Err(_) => {
                 self.call = None;
-                tracing::error!("the call panicked");
+                tracing::error!(method = self.method, "the call panicked");
                 std::task::Poll::Ready(Err(Status::internal(
                     "the gateway failed while serving the call",
                 )))
